@@ -1,0 +1,138 @@
+"""The configuration of one production line (one agent), as pydantic models.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. `linetap.config.loader` reads YAML into these and maps errors to file:line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from linetap.drivers import DeviceConfig
+
+from .units import ByteSize, Duration
+
+# One ISA-95 level of a topic: no MQTT wildcards or separators.
+TOPIC_LEVEL = r"^[^/#+\s]+$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentConfig(Strict):
+    """Who this agent is and where it sits in the plant (ISA-95)."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                    description="agent id, unique in the plant; part of every record id")
+    enterprise: str = Field(pattern=TOPIC_LEVEL)
+    site: str = Field(pattern=TOPIC_LEVEL)
+    area: str = Field(pattern=TOPIC_LEVEL)
+    line: str = Field(pattern=TOPIC_LEVEL)
+
+
+class TLSConfig(Strict):
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), for certificate auth")
+    key_file: Path | None = Field(None, description="client private key (PEM)")
+    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MQTTConfig(Strict):
+    """The plant broker the agent forwards to."""
+
+    url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port (sets host, port, tls)")
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="defaults to linetap-<agent id>")
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="use ${ENV_VAR}, never a literal secret")
+    password_file: Path | None = Field(None, description="file whose first line is the password")
+    tls: TLSConfig | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    qos: Literal[1] = Field(1, description="QoS 1: at least once (the only mode that keeps the guarantee)")
+    topic_root: str | None = Field(None, description="defaults to enterprise/site/area/line")
+    keepalive: Duration = 30.0
+    max_inflight: int = Field(32, ge=1, le=1000, description="unacknowledged messages at once")
+    telemetry_batch: int = Field(500, ge=1, le=100_000, description="samples per telemetry message at most")
+    reconnect_min: Duration = 0.5
+    reconnect_max: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _url(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.url is None:
+            return self
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
+            raise ValueError(f"url {self.url!r}: expected mqtt://host:port or mqtts://host:port")
+        secure = parsed.scheme in ("mqtts", "ssl")
+        object.__setattr__(self, "host", parsed.hostname)
+        object.__setattr__(self, "port", parsed.port or (8883 if secure else 1883))
+        if secure and self.tls is None:
+            object.__setattr__(self, "tls", TLSConfig())
+        return self
+
+    def password_value(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().splitlines()[0] if self.password_file.exists() else None
+        return None
+
+
+class BufferConfig(Strict):
+    """The local store-and-forward buffer (DuckDB)."""
+
+    path: Path = Field(Path("linetap-buffer.duckdb"), description="relative paths are relative to the config file")
+    max_size: ByteSize = Field(2 * 10**9, description="size cap of the buffer file, e.g. 2GB")
+    retention: Duration = Field(7 * 86400.0, description="how long delivered records are kept locally, e.g. 7d")
+    flush_interval: Duration = Field(0.2, gt=0, description="samples are committed at least this often")
+
+
+class LoggingConfig(Strict):
+    format: Literal["auto", "console", "json"] = Field(
+        "auto", description="auto: readable on a terminal, JSON lines otherwise")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LineConfig(Strict):
+    """One production line: one agent, its broker, its buffer and its devices."""
+
+    agent: AgentConfig
+    mqtt: MQTTConfig = MQTTConfig()
+    buffer: BufferConfig = BufferConfig()
+    logging: LoggingConfig = LoggingConfig()
+    devices: list[DeviceConfig] = Field(min_length=1, description="the equipment this agent reads")
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> Self:
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.name in seen:
+                raise ValueError(f"duplicate device name {device.name!r}")
+            seen.add(device.name)
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        if self.mqtt.topic_root:
+            return self.mqtt.topic_root.strip("/")
+        a = self.agent
+        return f"{a.enterprise}/{a.site}/{a.area}/{a.line}"
+
+    def resolve_paths(self, base: Path) -> LineConfig:
+        """Relative file paths in the config are relative to the config file's folder."""
+        buffer_path = self.buffer.path if self.buffer.path.is_absolute() else base / self.buffer.path
+        return self.model_copy(update={"buffer": self.buffer.model_copy(update={"path": buffer_path})})

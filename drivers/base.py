@@ -1,0 +1,79 @@
+"""What every protocol driver is: connect, read (or subscribe), close. Nothing more.
+
+Reconnection, backoff and device-state events live in `linetap.agent.runtime`, once for
+all protocols. A driver raises only `DriverError` subclasses, never a library exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+import structlog
+
+from linetap.agent.records import SampleBatch
+
+log = structlog.get_logger("linetap.drivers")
+
+
+class DriverError(Exception):
+    """A device problem, worded for the engineer who has to fix it."""
+
+
+class DeviceUnreachable(DriverError):
+    """The connection is down (refused, reset, timed out at connect): the agent reconnects."""
+
+
+class DeviceConfigError(DriverError):
+    """The device answered, but the tag map does not fit it (e.g. illegal address at start-up)."""
+
+
+class Driver(ABC):
+    """One device. `samples()` yields batches until the connection is lost (DeviceUnreachable)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    @abstractmethod
+    def tag_names(self) -> list[str]:
+        """Every tag this driver produces samples for (used for all-bad batches on loss)."""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raise DeviceUnreachable when the device cannot be reached."""
+
+    @abstractmethod
+    def samples(self) -> AsyncIterator[SampleBatch]:
+        """Yield sample batches; raise DeviceUnreachable when the connection is lost."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection; never raises."""
+
+
+class PollingDriver(Driver):
+    """A driver that reads all its tags every `interval` seconds."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(name)
+        self.interval = interval
+
+    @abstractmethod
+    async def read(self) -> SampleBatch:
+        """One poll of every tag. Per-request failures give bad-quality samples, not exceptions."""
+
+    async def samples(self) -> AsyncIterator[SampleBatch]:
+        # Fixed-rate schedule: a slow read does not shift later polls; missed slots are skipped.
+        next_at = time.monotonic()
+        while True:
+            yield await self.read()
+            next_at += self.interval
+            now = time.monotonic()
+            if next_at < now:
+                skipped = int((now - next_at) // self.interval) + 1
+                log.debug("poll overrun", device=self.name, skipped=skipped)
+                next_at += skipped * self.interval
+            await asyncio.sleep(next_at - now)

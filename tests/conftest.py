@@ -1,0 +1,4 @@
+"""Shared fixtures: each kind lives in its own module beside this file."""
+
+from fixtures_broker import *  # noqa: F401,F403  (Mosquitto / embedded broker on a free port)
+from fixtures_sim import *  # noqa: F401,F403  (station simulators on port 0)
