@@ -1,1 +1,13 @@
-"""linetap.buffers."""
+"""The local store-and-forward buffer."""
+
+from .duckdb_buffer import (
+    STREAMS,
+    AppendResult,
+    AsyncBuffer,
+    BufferCorrupt,
+    BufferError,
+    DuckDBBuffer,
+    StreamStats,
+)
+
+__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "DuckDBBuffer", "StreamStats"]

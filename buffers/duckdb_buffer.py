@@ -1,0 +1,335 @@
+"""The local store-and-forward buffer: append-only logs per stream in one DuckDB file.
+
+Tables
+- `telemetry`: one row per sample (columnar appends from Arrow batches).
+- `units`, `events`: one row per record, with the hash chain.
+- `streams`: last seq and last hash per stream, updated in the same transaction as the
+  append, so seq never repeats, even after retention deleted every row.
+- `cursors`: one row per (sink, stream): the highest seq the sink has acknowledged.
+
+A DuckDB connection is not thread-safe: `DuckDBBuffer` is used by one thread only.
+`AsyncBuffer` gives the asyncio side the same API, run on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from linetap.agent.integrity import GENESIS, record_hash
+from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
+
+SCHEMA_VERSION = "1"
+RECORD_STREAMS = ("events", "units")
+STREAMS = ("events", "units", "telemetry")  # forwarding priority, highest first
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (stream VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL, last_hash VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (sink VARCHAR NOT NULL, stream VARCHAR NOT NULL, seq BIGINT NOT NULL,
+                                    updated_at BIGINT NOT NULL, PRIMARY KEY (sink, stream));
+CREATE TABLE IF NOT EXISTS telemetry (seq BIGINT NOT NULL, device VARCHAR, tag VARCHAR, num DOUBLE, text VARCHAR,
+                                      quality UTINYINT, reason VARCHAR, source_ts BIGINT, agent_ts BIGINT);
+CREATE TABLE IF NOT EXISTS units (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
+                                  body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
+                                   body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
+"""
+_TELEMETRY_COLUMNS = ", ".join(f.name for f in TELEMETRY_SCHEMA)
+_RECORD_COLUMNS = ["seq", "id", "recorded_at", "body", "prev_hash", "hash"]
+
+
+class BufferError(Exception):
+    """The buffer cannot be used; the message says what to do."""
+
+
+class BufferCorrupt(BufferError):
+    """The file exists but cannot be opened as a linetap buffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    telemetry: tuple[int, int] | None  # first and last seq assigned, or None
+    events: list[StoredRecord]
+    units: list[StoredRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    stream: str
+    last_seq: int
+    cursor: int
+    pending: int  # rows after the cursor
+    oldest_pending_at: int | None  # microseconds since epoch (agent time of the oldest unsent row)
+
+
+class DuckDBBuffer:
+    """Single-thread API over the buffer file. Create, use and close it on the same thread."""
+
+    def __init__(self, path: str | Path, agent_id: str) -> None:
+        self.path = Path(path)
+        self.agent_id = agent_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise BufferError(
+                    f"buffer {self.path} is in use by another process (is the agent already running?)"
+                ) from None
+            raise self._corrupt(exc) from None
+        except duckdb.Error as exc:
+            raise self._corrupt(exc) from None
+        try:
+            self._con.execute(_DDL)
+            self._check_identity(existed)
+            self._last: dict[str, tuple[int, str]] = {
+                s: (q, h) for s, q, h in self._con.execute("SELECT stream, last_seq, last_hash FROM streams").fetchall()
+            }
+        except duckdb.Error as exc:
+            self._con.close()
+            raise self._corrupt(exc) from None
+        for stream in STREAMS:
+            self._last.setdefault(stream, (0, GENESIS))
+
+    def _corrupt(self, exc: Exception) -> BufferCorrupt:
+        # Never start an empty buffer over real data: keep the damaged file for recovery.
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        moved = ""
+        if self.path.exists():
+            shutil.copy2(self.path, aside)
+            moved = f"; a copy is kept as {aside}"
+        return BufferCorrupt(
+            f"cannot open buffer {self.path}: {exc}{moved}. The agent will not start over a damaged buffer: "
+            "restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
+        )
+
+    def _check_identity(self, existed: bool) -> None:
+        rows = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            if existed and self._con.execute("SELECT count(*) FROM streams").fetchone()[0]:
+                raise BufferCorrupt(f"buffer {self.path} has data but no identity")
+            self._con.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?), ('agent_id', ?), ('created_at', ?)",
+                [SCHEMA_VERSION, self.agent_id, str(now_us())],
+            )
+            return
+        if rows.get("schema_version") != SCHEMA_VERSION:
+            raise BufferError(f"buffer {self.path} has schema version {rows.get('schema_version')}, "
+                              f"this linetap writes version {SCHEMA_VERSION}")
+        if rows.get("agent_id") != self.agent_id:
+            raise BufferError(
+                f"buffer {self.path} belongs to agent {rows.get('agent_id')!r}, not {self.agent_id!r}: "
+                "record ids would mix. Point buffer.path elsewhere or keep the agent id."
+            )
+
+    # -- appending ------------------------------------------------------------------------
+
+    def append(
+        self,
+        telemetry: pa.Table | None = None,
+        events: Sequence[Event] = (),
+        units: Sequence[dict[str, Any]] = (),
+    ) -> AppendResult:
+        """Append everything given in one transaction; durable when this returns."""
+        con = self._con
+        last = dict(self._last)
+        span: tuple[int, int] | None = None
+        stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
+        con.execute("BEGIN")
+        try:
+            if telemetry is not None and telemetry.num_rows:
+                first = last["telemetry"][0] + 1
+                n = telemetry.num_rows
+                seq = pa.array(np.arange(first, first + n, dtype=np.int64))
+                batch = telemetry.select([f.name for f in TELEMETRY_SCHEMA]).add_column(0, "seq", seq)
+                self._insert_arrow("telemetry", batch)
+                span = (first, first + n - 1)
+                last["telemetry"] = (first + n - 1, GENESIS)
+            recorded_at = now_us()
+            for stream, items in (("events", [e.body() for e in events]), ("units", list(units))):
+                if not items:
+                    continue
+                seq_no, prev = last[stream]
+                rows = []
+                for body in items:
+                    seq_no += 1
+                    rid = f"{self.agent_id}/{stream}/{seq_no}"
+                    h = record_hash(prev, id=rid, stream=stream, seq=seq_no, recorded_at=recorded_at, body=body)
+                    rec = StoredRecord(stream, seq_no, rid, recorded_at, body, prev, h)
+                    stored[stream].append(rec)
+                    rows.append((seq_no, rid, recorded_at, orjson.dumps(body).decode(), prev, h))
+                    prev = h
+                self._insert_arrow(stream, pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
+                last[stream] = (seq_no, prev)
+            changed = [(s, q, h) for s, (q, h) in last.items() if (q, h) != self._last[s]]
+            if changed:
+                con.executemany(
+                    "INSERT INTO streams VALUES (?, ?, ?) ON CONFLICT (stream) DO UPDATE "
+                    "SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+                    changed,
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._last = last
+        return AppendResult(span, stored["events"], stored["units"])
+
+    def _insert_arrow(self, table_name: str, batch: pa.Table) -> None:
+        self._con.register("_linetap_batch", batch)
+        try:
+            self._con.execute(f"INSERT INTO {table_name} SELECT * FROM _linetap_batch")
+        finally:
+            self._con.unregister("_linetap_batch")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def last_seq(self, stream: str) -> int:
+        return self._last[stream][0]
+
+    def last_hash(self, stream: str) -> str:
+        return self._last[stream][1]
+
+    def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
+        """Rows with seq > after_seq, in seq order: `seq` plus the TELEMETRY_SCHEMA columns."""
+        return self._con.sql(
+            f"SELECT seq, {_TELEMETRY_COLUMNS} FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
+            params=[after_seq, limit],
+        ).to_arrow_table()
+
+    def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
+        _check_record_stream(stream)
+        rows = self._con.execute(
+            f"SELECT seq, id, recorded_at, body, prev_hash, hash FROM {stream} WHERE seq > ? ORDER BY seq LIMIT ?",
+            [after_seq, limit],
+        ).fetchall()
+        return [StoredRecord(stream, s, i, r, orjson.loads(b), p, h) for s, i, r, b, p, h in rows]
+
+    # -- cursors --------------------------------------------------------------------------
+
+    def cursor(self, sink: str, stream: str) -> int:
+        row = self._con.execute("SELECT seq FROM cursors WHERE sink = ? AND stream = ?", [sink, stream]).fetchone()
+        return row[0] if row else 0
+
+    def ack(self, sink: str, stream: str, seq: int) -> None:
+        """Acknowledge everything up to `seq` for this sink. The cursor never moves back."""
+        if seq > self._last[stream][0]:
+            raise ValueError(f"cannot acknowledge {stream} seq {seq}: the last seq is {self._last[stream][0]}")
+        self._con.execute(
+            "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT (sink, stream) DO UPDATE "
+            "SET seq = greatest(cursors.seq, excluded.seq), updated_at = excluded.updated_at",
+            [sink, stream, seq, now_us()],
+        )
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def stats(self, sink: str = "mqtt") -> list[StreamStats]:
+        out = []
+        for stream in STREAMS:
+            cur = self.cursor(sink, stream)
+            ts_col = "agent_ts" if stream == "telemetry" else "recorded_at"
+            pending, oldest = self._con.execute(
+                f"SELECT count(*), min({ts_col}) FROM {stream} WHERE seq > ?", [cur]
+            ).fetchone()
+            out.append(StreamStats(stream, self._last[stream][0], cur, pending, oldest))
+        return out
+
+    def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
+        """Delete rows the sink acknowledged that are older than the retention limit, in bulk."""
+        deleted = {}
+        for stream in STREAMS:
+            ts_col = "agent_ts" if stream == "telemetry" else "recorded_at"
+            cur = self.cursor(sink, stream)
+            n = self._con.execute(
+                f"DELETE FROM {stream} WHERE seq <= ? AND {ts_col} < ?", [cur, older_than_us]
+            ).fetchone()[0]
+            deleted[stream] = n
+        return deleted
+
+    def file_size(self) -> int:
+        wal = self.path.with_name(self.path.name + ".wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def close(self) -> None:
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error:
+            pass  # the WAL still holds everything committed
+        self._con.close()
+
+
+def _check_record_stream(stream: str) -> None:
+    if stream not in RECORD_STREAMS:
+        raise ValueError(f"unknown record stream {stream!r} (expected one of {RECORD_STREAMS})")
+
+
+class AsyncBuffer:
+    """The buffer for asyncio code: every call runs on the one thread that owns the connection."""
+
+    def __init__(self, executor: ThreadPoolExecutor, buffer: DuckDBBuffer) -> None:
+        self._executor = executor
+        self._buffer = buffer
+        self.path = buffer.path
+        self.agent_id = buffer.agent_id
+
+    @classmethod
+    async def open(cls, path: str | Path, agent_id: str) -> AsyncBuffer:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linetap-buffer")
+        loop = asyncio.get_running_loop()
+        try:
+            buffer = await loop.run_in_executor(executor, DuckDBBuffer, path, agent_id)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, buffer)
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def append(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
+                     units: Sequence[dict[str, Any]] = ()) -> AppendResult:
+        return await self._call(self._buffer.append, telemetry, events, units)
+
+    async def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
+        return await self._call(self._buffer.read_telemetry, after_seq, limit)
+
+    async def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
+        return await self._call(self._buffer.read_records, stream, after_seq, limit)
+
+    async def cursor(self, sink: str, stream: str) -> int:
+        return await self._call(self._buffer.cursor, sink, stream)
+
+    async def ack(self, sink: str, stream: str, seq: int) -> None:
+        await self._call(self._buffer.ack, sink, stream, seq)
+
+    async def last_seq(self, stream: str) -> int:
+        # Read without a thread hop: a plain dict lookup of an int is atomic under the GIL.
+        return self._buffer.last_seq(stream)
+
+    async def stats(self, sink: str = "mqtt") -> list[StreamStats]:
+        return await self._call(self._buffer.stats, sink)
+
+    async def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
+        return await self._call(self._buffer.purge_delivered, sink, older_than_us)
+
+    async def file_size(self) -> int:
+        return await self._call(self._buffer.file_size)
+
+    async def close(self) -> None:
+        try:
+            await self._call(self._buffer.close)
+        finally:
+            self._executor.shutdown(wait=True)
