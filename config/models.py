@@ -107,6 +107,13 @@ class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ReconnectConfig(Strict):
+    """How the agent retries a device it lost: capped exponential backoff with jitter."""
+
+    min: Duration = Field(1.0, gt=0, description="first retry after this long")
+    max: Duration = Field(30.0, gt=0, description="retries never wait longer than this")
+
+
 class LineConfig(Strict):
     """One production line: one agent, its broker, its buffer and its devices."""
 
@@ -114,6 +121,7 @@ class LineConfig(Strict):
     mqtt: MQTTConfig = MQTTConfig()
     buffer: BufferConfig = BufferConfig()
     logging: LoggingConfig = LoggingConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
     devices: list[DeviceConfig] = Field(min_length=1, description="the equipment this agent reads")
 
     @model_validator(mode="after")

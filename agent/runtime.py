@@ -1,0 +1,225 @@
+"""The agent: device loops -> writer -> DuckDB buffer -> forwarder, owned by one TaskGroup.
+
+Shutdown order (on `stop`): device loops are cancelled first; the writer commits whatever
+they produced; the forwarder gets a short grace period to deliver and stores its cursor;
+then the buffer is closed. Nothing that reached the writer's queue is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import structlog
+
+from linetap.agent.backoff import Backoff
+from linetap.agent.records import Event, SampleBatch, now_us
+from linetap.buffers import AsyncBuffer
+from linetap.config.models import LineConfig
+from linetap.drivers import DriverError, create_driver
+
+log = structlog.get_logger("linetap.agent")
+
+SINK = "mqtt"
+_FLUSH_SAMPLES = 50_000  # commit early when this many samples wait, whatever the interval
+
+
+@dataclass
+class DeviceStatus:
+    state: str = "starting"  # starting | connected | lost
+    since: int = 0
+    reason: str | None = None
+    batches: int = 0
+    samples: int = 0
+    last_values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentStats:
+    samples_buffered: int = 0
+    commits: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    devices: dict[str, DeviceStatus] = field(default_factory=dict)
+
+
+class Agent:
+    """One line's agent. `await Agent(config).run(stop)` runs until `stop` is set."""
+
+    def __init__(self, config: LineConfig, *, status_file: Path | None = None) -> None:
+        self.config = config
+        self.stats = AgentStats(devices={d.name: DeviceStatus() for d in config.devices})
+        self.buffer: AsyncBuffer | None = None
+        self.forwarder = None
+        self._queue: asyncio.Queue[SampleBatch | Event] = asyncio.Queue(maxsize=10_000)
+        self._station = {d.name: d.station_name for d in config.devices}
+        self.status_file = status_file or status_path(config)
+        self.ready = asyncio.Event()  # set once the buffer is open and tasks run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from linetap.agent.forwarder import MQTTForwarder
+
+        cfg = self.config
+        self.buffer = await AsyncBuffer.open(cfg.buffer.path, cfg.agent.id)
+        log.info("agent started", agent=cfg.agent.id, devices=len(cfg.devices), buffer=str(cfg.buffer.path),
+                 broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
+        self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
+                house = tg.create_task(self._housekeeping(), name="housekeeping")
+                writer = tg.create_task(self._writer(), name="writer")
+                forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
+                self.ready.set()
+                await stop.wait()
+                log.info("agent stopping")
+                for task in [*devices, house]:
+                    task.cancel()
+                await asyncio.gather(*devices, house, return_exceptions=True)
+                await self._queue.join()  # the writer has committed everything produced
+                writer.cancel()
+                await self._grace(forwarder)
+                forwarder.cancel()
+        finally:
+            await self._write_status_file()
+            await self.buffer.close()
+            log.info("agent stopped", agent=cfg.agent.id, samples=self.stats.samples_buffered)
+
+    async def _grace(self, forwarder: asyncio.Task, seconds: float = 2.0) -> None:
+        """Give the forwarder a moment to deliver what is committed (it resumes from the cursor anyway)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not forwarder.done():
+            stats = await self.buffer.stats(SINK)
+            if all(s.pending == 0 for s in stats):
+                return
+            await asyncio.sleep(0.05)
+
+    # -- devices --------------------------------------------------------------------------
+
+    async def _device_loop(self, device_cfg) -> None:
+        name = device_cfg.name
+        status = self.stats.devices[name]
+        driver = create_driver(device_cfg)
+        backoff = Backoff(self.config.reconnect.min, self.config.reconnect.max)
+        ever_connected = False
+        while True:
+            try:
+                await driver.connect()
+                state = "recovered" if ever_connected else "connected"
+                ever_connected = True
+                backoff.reset()
+                self._set_state(device_cfg, status, "connected", state, None)
+                async for batch in driver.samples():
+                    status.batches += 1
+                    status.samples += len(batch)
+                    await self._queue.put(batch)
+            except DriverError as exc:
+                reason = str(exc)
+            except Exception as exc:  # a driver bug must not stop the other devices
+                log.exception("driver failed unexpectedly", device=name)
+                reason = f"internal error: {exc!r}"
+            finally:
+                await driver.close()
+            if status.state != "lost":
+                log.warning("device lost", device=name, reason=reason, retry_in=f"{backoff.minimum:g}s")
+                self._set_state(device_cfg, status, "lost", "lost", reason)
+                await self._queue.put(SampleBatch.all_bad(name, driver.tag_names, reason))
+            else:
+                log.debug("device still unreachable", device=name, reason=reason)
+            await asyncio.sleep(backoff.next())
+
+    def _set_state(self, device_cfg, status: DeviceStatus, state: str, event_state: str, reason: str | None):
+        status.state, status.since, status.reason = state, now_us(), reason
+        if event_state != "lost":
+            log.info(f"device {event_state}", device=device_cfg.name)
+        data = {"state": event_state, "reason": reason} if reason else {"state": event_state}
+        self._queue.put_nowait(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
+
+    # -- writer ---------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        interval = self.config.buffer.flush_interval
+        pending: list[SampleBatch | Event] = []
+        try:
+            while True:
+                pending.append(await self._queue.get())
+                deadline = time.monotonic() + interval
+                size = len(pending[-1]) if isinstance(pending[-1], SampleBatch) else 0
+                while size < _FLUSH_SAMPLES:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout)
+                    except TimeoutError:
+                        break
+                    pending.append(item)
+                    if isinstance(item, SampleBatch):
+                        size += len(item)
+                await self._commit(pending)
+                pending = []
+        except asyncio.CancelledError:
+            while not self._queue.empty():
+                pending.append(self._queue.get_nowait())
+            if pending:
+                await self._commit(pending)
+            raise
+
+    async def _commit(self, items: list[SampleBatch | Event]) -> None:
+        batches = [i for i in items if isinstance(i, SampleBatch) and len(i)]
+        events = [i for i in items if isinstance(i, Event)]
+        table = pa.concat_tables([b.to_arrow() for b in batches]) if batches else None
+        await self.buffer.append(table, events)
+        for batch in batches:
+            values = self.stats.devices[batch.device].last_values
+            for tag, value, quality in zip(batch.tag, batch.value, batch.quality, strict=True):
+                values[tag] = (value, quality)
+        self.stats.samples_buffered += table.num_rows if table is not None else 0
+        self.stats.commits += 1
+        for _ in items:
+            self._queue.task_done()
+        self.forwarder.notify()
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        last_purge = 0.0
+        while True:
+            await self._write_status_file()
+            if time.monotonic() - last_purge > 60:
+                last_purge = time.monotonic()
+                cutoff = now_us() - int(self.config.buffer.retention * 1e6)
+                deleted = await self.buffer.purge_delivered(SINK, cutoff)
+                if any(deleted.values()):
+                    log.info("retention purge", **{f"deleted_{k}": v for k, v in deleted.items()})
+            await asyncio.sleep(2.0)
+
+    async def _write_status_file(self) -> None:
+        """The buffer file is locked while the agent runs; `linetap status` reads this instead."""
+        with contextlib.suppress(Exception):
+            streams = await self.buffer.stats(SINK)
+            doc = {
+                "agent": self.config.agent.id,
+                "pid": os.getpid(),
+                "written_at": now_us(),
+                "buffer": str(self.config.buffer.path),
+                "file_size": await self.buffer.file_size(),
+                "streams": [dataclasses.asdict(s) for s in streams],
+                "devices": {n: {"state": d.state, "reason": d.reason, "samples": d.samples}
+                            for n, d in self.stats.devices.items()},
+                "mqtt": dataclasses.asdict(self.forwarder.stats) if self.forwarder is not None else None,
+            }
+            tmp = self.status_file.with_name(self.status_file.name + ".tmp")
+            tmp.write_bytes(orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2))
+            tmp.replace(self.status_file)
+
+
+def status_path(config: LineConfig) -> Path:
+    return config.buffer.path.with_name(config.buffer.path.name + ".status.json")
