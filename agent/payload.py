@@ -1,0 +1,231 @@
+"""MQTT payloads (versioned JSON envelopes, encoded with orjson) and topic names.
+
+Envelopes (JSON Schemas in `config/schemas/`):
+
+- telemetry, many samples of one device per message, contiguous seqs (sample i has seq + i)::
+
+    {"schema": "linetap.telemetry/1", "id": "<agent>/telemetry/<first>-<last>", "agent": ...,
+     "stream": "telemetry", "seq": first, "seq_last": last, "count": n, "sent_at": us,
+     "device": ..., "station": ...,
+     "samples": {"tag": [...], "value": [...], "quality": [...], "reason": [...],
+                 "source_ts": [...], "agent_ts": [...]}}
+
+- unit records and events, one per message::
+
+    {"schema": "linetap.unit/1" | "linetap.event/1", "id": ..., "agent": ..., "stream": ...,
+     "seq": ..., "sent_at": us, "recorded_at": us, "prev_hash": ..., "hash": ..., "body": {...}}
+
+- agent status (retained)::
+
+    {"schema": "linetap.status/1", "agent": ..., "state": "online" | "offline", "ts": us}
+
+Topics: `{root}/{station}/{stream}` for data, `{root}/_agent/{agent_id}/status` for status.
+
+A message's content depends only on the buffer's rows, never on when it is sent, except
+`sent_at`: a re-sent message has the same id and the same samples. Telemetry message
+boundaries are a function of the rows alone (device changes, seq gaps and seq buckets of
+`batch` samples aligned to multiples of `batch`), so that re-reading the same rows after a
+reconnect gives the same messages wherever the read started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from linetap.agent.records import StoredRecord
+
+TELEMETRY_SCHEMA_ID = "linetap.telemetry/1"
+UNIT_SCHEMA_ID = "linetap.unit/1"
+EVENT_SCHEMA_ID = "linetap.event/1"
+STATUS_SCHEMA_ID = "linetap.status/1"
+
+RECORD_SCHEMA_IDS = {"units": UNIT_SCHEMA_ID, "events": EVENT_SCHEMA_ID}
+STREAMS = ("events", "units", "telemetry")  # also the forwarder's order of priority
+
+LINE_STATION = "_line"  # topic level of records that belong to no station
+QUALITY_NAMES = ("good", "uncertain", "bad")
+_QUALITY_LOOKUP = np.array(QUALITY_NAMES + ("bad",) * (256 - len(QUALITY_NAMES)), dtype=object)
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+def data_topic(topic_root: str, station: str, stream: str) -> str:
+    return f"{topic_root}/{station}/{stream}"
+
+
+def status_topic(topic_root: str, agent_id: str) -> str:
+    return f"{topic_root}/_agent/{agent_id}/status"
+
+
+def record_station(record: StoredRecord) -> str:
+    return record.body.get("station") or LINE_STATION
+
+
+class Topics:
+    """Topic names of one agent, from its config (`LineConfig`)."""
+
+    def __init__(self, topic_root: str, agent_id: str, stations: dict[str, str] | None = None) -> None:
+        self.root = topic_root.strip("/")
+        self.agent_id = agent_id
+        self.stations = dict(stations or {})  # device name -> station name
+        self.status = status_topic(self.root, agent_id)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Topics:
+        return cls(config.topic_root, config.agent.id, {d.name: d.station_name for d in config.devices})
+
+    def station_of(self, device: str) -> str:
+        return self.stations.get(device, device)
+
+    def telemetry(self, device: str) -> str:
+        return data_topic(self.root, self.station_of(device), "telemetry")
+
+    def record(self, record: StoredRecord) -> str:
+        return data_topic(self.root, record_station(record), record.stream)
+
+
+# --- telemetry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryChunk:
+    """Rows read from the buffer (`seq` + TELEMETRY_SCHEMA), as Python lists, ready to slice.
+
+    Converting a whole chunk column by column once (Arrow `to_pylist`) is what keeps the
+    encoder free of per-sample Python objects other than the values themselves.
+    """
+
+    seq: list[int]
+    device: list[str]
+    tag: list[str]
+    value: list[Any]
+    quality: list[str]
+    reason: list[str | None]
+    source_ts: list[int | None]
+    agent_ts: list[int]
+    spans: list[tuple[int, int]]  # [start, end) row ranges, one per message
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq[-1]
+
+
+def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int) -> list[tuple[int, int]]:
+    """Row ranges [start, end) of one message each: a new message starts where the device
+    changes, where seq is not the previous seq + 1, and at every seq that is a multiple of
+    `batch` plus one (aligned buckets), so at most `batch` samples per message."""
+    n = len(seq)
+    if n == 0:
+        return []
+    brk = np.zeros(n, dtype=bool)
+    brk[0] = True
+    if n > 1:
+        brk[1:] = (device_codes[1:] != device_codes[:-1]) | (seq[1:] != seq[:-1] + 1)
+    brk |= (seq - 1) % batch == 0
+    starts = np.flatnonzero(brk).tolist()
+    ends = starts[1:] + [n]
+    return list(zip(starts, ends, strict=True))
+
+
+def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
+    """Prepare rows from `AsyncBuffer.read_telemetry` for encoding into messages."""
+    seq_np = table.column("seq").to_numpy()
+    device = table.column("device").combine_chunks()
+    codes = device.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    num = table.column("num").to_pylist()
+    text_col = table.column("text")
+    if text_col.null_count == len(text_col):
+        value = num
+    else:
+        value = [t if n is None else n for n, t in zip(num, text_col.to_pylist(), strict=True)]
+    quality = table.column("quality").to_numpy(zero_copy_only=False)
+    return TelemetryChunk(
+        seq=seq_np.tolist(),
+        device=device.to_pylist(),
+        tag=table.column("tag").to_pylist(),
+        value=value,
+        quality=_QUALITY_LOOKUP[quality].tolist(),
+        reason=table.column("reason").to_pylist(),
+        source_ts=table.column("source_ts").to_pylist(),
+        agent_ts=table.column("agent_ts").to_pylist(),
+        spans=message_spans(seq_np, codes, batch),
+    )
+
+
+def telemetry_id(agent: str, first: int, last: int) -> str:
+    return f"{agent}/telemetry/{first}-{last}"
+
+
+def encode_telemetry(agent: str, chunk: TelemetryChunk, start: int, end: int, station: str,
+                     sent_at: int) -> bytes:
+    """One telemetry message: rows [start, end) of the chunk (one device, contiguous seqs)."""
+    first, last = chunk.seq[start], chunk.seq[end - 1]
+    return orjson.dumps({
+        "schema": TELEMETRY_SCHEMA_ID,
+        "id": telemetry_id(agent, first, last),
+        "agent": agent,
+        "stream": "telemetry",
+        "seq": first,
+        "seq_last": last,
+        "count": end - start,
+        "sent_at": sent_at,
+        "device": chunk.device[start],
+        "station": station,
+        "samples": {
+            "tag": chunk.tag[start:end],
+            "value": chunk.value[start:end],
+            "quality": chunk.quality[start:end],
+            "reason": chunk.reason[start:end],
+            "source_ts": chunk.source_ts[start:end],
+            "agent_ts": chunk.agent_ts[start:end],
+        },
+    })
+
+
+def iter_telemetry_messages(agent: str, table: pa.Table, batch: int, topics: Topics,
+                            sent_at: int) -> Iterator[tuple[str, int, int, bytes]]:
+    """(topic, first seq, last seq, payload) for every message of a table of rows."""
+    chunk = telemetry_chunk(table, batch)
+    for start, end in chunk.spans:
+        device = chunk.device[start]
+        yield (topics.telemetry(device), chunk.seq[start], chunk.seq[end - 1],
+               encode_telemetry(agent, chunk, start, end, topics.station_of(device), sent_at))
+
+
+# --- records and status ---------------------------------------------------------------------
+
+
+def encode_record(agent: str, record: StoredRecord, sent_at: int) -> bytes:
+    """One unit record or event."""
+    return orjson.dumps({
+        "schema": RECORD_SCHEMA_IDS[record.stream],
+        "id": record.id,
+        "agent": agent,
+        "stream": record.stream,
+        "seq": record.seq,
+        "sent_at": sent_at,
+        "recorded_at": record.recorded_at,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+        "body": record.body,
+    }, option=orjson.OPT_NON_STR_KEYS)
+
+
+def encode_status(agent: str, state: str, ts: int) -> bytes:
+    if state not in ("online", "offline"):
+        raise ValueError(f"status state {state!r}: expected online or offline")
+    return orjson.dumps({"schema": STATUS_SCHEMA_ID, "agent": agent, "state": state, "ts": ts})
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    return orjson.loads(payload)
