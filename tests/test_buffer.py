@@ -1,0 +1,175 @@
+"""The buffer contract, on a real DuckDB file."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pyarrow as pa
+import pytest
+
+from linetap.agent.integrity import GENESIS, record_hash
+from linetap.agent.records import Event, Quality, SampleBatch
+from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferError, DuckDBBuffer
+
+AGENT = "line1-agent"
+
+
+def batch(device: str, n: int, start: float = 0.0, ts: int = 1_000) -> pa.Table:
+    return SampleBatch(
+        device=device,
+        tag=[f"t{i}" for i in range(n)],
+        value=[start + i for i in range(n)],
+        quality=[Quality.GOOD] * n,
+        reason=[None] * n,
+        agent_ts=ts,
+    ).to_arrow()
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "buffer.duckdb"
+
+
+def test_seq_is_contiguous_per_stream_and_starts_at_one(path):
+    buf = DuckDBBuffer(path, AGENT)
+    r1 = buf.append(batch("d1", 3))
+    r2 = buf.append(batch("d2", 2), events=[Event("device_state", 5, "d1", "s1", {"state": "lost"})])
+    assert r1.telemetry == (1, 3)
+    assert r2.telemetry == (4, 5)
+    assert [e.seq for e in r2.events] == [1]
+    assert r2.events[0].id == f"{AGENT}/events/1"
+    table = buf.read_telemetry(0, 100)
+    assert table.column("seq").to_pylist() == [1, 2, 3, 4, 5]
+    assert table.column("device").to_pylist() == ["d1"] * 3 + ["d2"] * 2
+    assert table.column("num").to_pylist() == [0.0, 1.0, 2.0, 0.0, 1.0]
+    buf.close()
+
+
+def test_values_of_every_kind_round_trip(path):
+    buf = DuckDBBuffer(path, AGENT)
+    values = [1.5, 7, True, "SN-000001", None, 2**60, b"\x01\xff"]
+    n = len(values)
+    buf.append(SampleBatch("d", [f"v{i}" for i in range(n)], values, [0] * 4 + [2] + [0] * 2,
+                           [None] * 4 + ["timeout after 1.0s"] + [None] * 2, 42, [None] * n).to_arrow())
+    rows = buf.read_telemetry(0, 10).to_pylist()
+    assert [r["num"] for r in rows] == [1.5, 7.0, 1.0, None, None, None, None]
+    assert [r["text"] for r in rows] == [None, None, None, "SN-000001", None, str(2**60), "01ff"]
+    assert rows[4]["quality"] == Quality.BAD and rows[4]["reason"] == "timeout after 1.0s"
+    assert all(r["agent_ts"] == 42 for r in rows)
+    buf.close()
+
+
+def test_read_after_cursor_is_ordered_and_limited(path):
+    buf = DuckDBBuffer(path, AGENT)
+    for i in range(5):
+        buf.append(batch("d", 100, start=i * 100))
+    part = buf.read_telemetry(250, 100)
+    assert part.column("seq").to_pylist() == list(range(251, 351))
+    assert buf.read_telemetry(500, 10).num_rows == 0
+    buf.close()
+
+
+def test_seq_and_hash_chain_continue_after_reopen(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 10), events=[Event("a", 1)], units=[{"serial": "SN-1"}])
+    last_hash = buf.last_hash("events")
+    buf.close()
+
+    buf = DuckDBBuffer(path, AGENT)
+    result = buf.append(batch("d", 2), events=[Event("b", 2)], units=[{"serial": "SN-2"}])
+    assert result.telemetry == (11, 12)
+    assert result.events[0].seq == 2 and result.events[0].prev_hash == last_hash
+    assert result.units[0].seq == 2
+    events = buf.read_records("events", 0, 10)
+    prev = GENESIS
+    for rec in events:
+        assert rec.prev_hash == prev
+        assert rec.hash == record_hash(prev, id=rec.id, stream=rec.stream, seq=rec.seq,
+                                       recorded_at=rec.recorded_at, body=rec.body)
+        prev = rec.hash
+    buf.close()
+
+
+def test_seq_survives_retention_deleting_every_row(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 10, ts=1))
+    buf.ack("mqtt", "telemetry", 10)
+    assert buf.purge_delivered("mqtt", older_than_us=2)["telemetry"] == 10
+    assert buf.read_telemetry(0, 100).num_rows == 0
+    buf.close()
+    buf = DuckDBBuffer(path, AGENT)
+    assert buf.append(batch("d", 1)).telemetry == (11, 11)
+    buf.close()
+
+
+def test_retention_keeps_unacknowledged_and_recent_rows(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 10, ts=1))
+    buf.append(batch("d", 10, ts=100))
+    buf.ack("mqtt", "telemetry", 15)
+    deleted = buf.purge_delivered("mqtt", older_than_us=50)
+    assert deleted["telemetry"] == 10  # seq 1-10: acknowledged and old; 11-15 acknowledged but recent
+    assert buf.read_telemetry(0, 100).column("seq").to_pylist() == list(range(11, 21))
+    buf.close()
+
+
+def test_cursor_per_sink_never_moves_back(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 100))
+    assert buf.cursor("mqtt", "telemetry") == 0
+    buf.ack("mqtt", "telemetry", 60)
+    buf.ack("mqtt", "telemetry", 40)
+    assert buf.cursor("mqtt", "telemetry") == 60
+    assert buf.cursor("other", "telemetry") == 0
+    with pytest.raises(ValueError):
+        buf.ack("mqtt", "telemetry", 101)  # beyond what was ever written
+    buf.close()
+    buf = DuckDBBuffer(path, AGENT)
+    assert buf.cursor("mqtt", "telemetry") == 60
+    stats = {s.stream: s for s in buf.stats("mqtt")}
+    assert stats["telemetry"].pending == 40 and stats["telemetry"].last_seq == 100
+    buf.close()
+
+
+def test_failed_append_leaves_nothing_behind(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 5))
+    with pytest.raises(TypeError):
+        buf.append(batch("d", 5), units=[{"not json": object()}])
+    assert buf.last_seq("telemetry") == 5
+    assert buf.read_telemetry(0, 100).num_rows == 5
+    assert buf.append(batch("d", 1)).telemetry == (6, 6)
+    buf.close()
+
+
+def test_other_agents_buffer_is_refused(path):
+    DuckDBBuffer(path, AGENT).close()
+    with pytest.raises(BufferError, match="belongs to agent"):
+        DuckDBBuffer(path, "another-agent")
+
+
+def test_corrupt_file_is_refused_and_kept(path):
+    path.write_bytes(b"this is not a database" * 1000)
+    with pytest.raises(BufferCorrupt, match="will not start over a damaged buffer"):
+        DuckDBBuffer(path, AGENT)
+    assert path.read_bytes().startswith(b"this is not a database")  # untouched
+    assert list(path.parent.glob("buffer.duckdb.corrupt-*"))
+
+
+async def test_async_buffer_runs_every_call_on_one_thread(path):
+    buf = await AsyncBuffer.open(path, AGENT)
+    threads = set()
+    original = buf._buffer.append
+
+    def spy(*args):
+        threads.add(threading.get_ident())
+        return original(*args)
+
+    buf._buffer.append = spy
+    await asyncio.gather(*(buf.append(batch("d", 10)) for _ in range(20)))
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert await buf.last_seq("telemetry") == 200
+    table = await buf.read_telemetry(0, 1000)
+    assert table.column("seq").to_pylist() == list(range(1, 201))
+    await buf.close()
