@@ -21,6 +21,7 @@ import pyarrow as pa
 import structlog
 
 from linetap.agent.backoff import Backoff
+from linetap.agent.capture import CaptureEngine
 from linetap.agent.records import Event, SampleBatch, now_us
 from linetap.buffers import AsyncBuffer
 from linetap.config.models import LineConfig
@@ -43,7 +44,20 @@ class DeviceStatus:
 
 
 @dataclass
+class _Pending:
+    """What the writer collected for its next transaction."""
+
+    batches: list[SampleBatch] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    units: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0
+    items: int = 0  # queue items taken (for task_done)
+    urgent: bool = False
+
+
+@dataclass
 class AgentStats:
+    units: int = 0
     samples_buffered: int = 0
     commits: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -61,6 +75,7 @@ class Agent:
         self._queue: asyncio.Queue[SampleBatch | Event] = asyncio.Queue(maxsize=10_000)
         self._station = {d.name: d.station_name for d in config.devices}
         self.status_file = status_file or status_path(config)
+        self.capture = CaptureEngine(config)
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -145,14 +160,14 @@ class Agent:
     # -- writer ---------------------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """Commit what the devices produce: at least every flush interval, at once for events and units."""
         interval = self.config.buffer.flush_interval
-        pending: list[SampleBatch | Event] = []
+        pending = _Pending()
         try:
             while True:
-                pending.append(await self._queue.get())
+                self._take(await self._queue.get(), pending)
                 deadline = time.monotonic() + interval
-                size = len(pending[-1]) if isinstance(pending[-1], SampleBatch) else 0
-                while size < _FLUSH_SAMPLES:
+                while pending.samples < _FLUSH_SAMPLES and not pending.urgent:
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
@@ -160,30 +175,44 @@ class Agent:
                         item = await asyncio.wait_for(self._queue.get(), timeout)
                     except TimeoutError:
                         break
-                    pending.append(item)
-                    if isinstance(item, SampleBatch):
-                        size += len(item)
+                    self._take(item, pending)
                 await self._commit(pending)
-                pending = []
+                pending = _Pending()
         except asyncio.CancelledError:
             while not self._queue.empty():
-                pending.append(self._queue.get_nowait())
-            if pending:
+                self._take(self._queue.get_nowait(), pending)
+            if pending.items:
                 await self._commit(pending)
             raise
 
-    async def _commit(self, items: list[SampleBatch | Event]) -> None:
-        batches = [i for i in items if isinstance(i, SampleBatch) and len(i)]
-        events = [i for i in items if isinstance(i, Event)]
+    def _take(self, item: SampleBatch | Event, pending: _Pending) -> None:
+        pending.items += 1
+        if isinstance(item, Event):
+            pending.events.append(item)
+            pending.urgent = True
+            return
+        if not len(item):
+            return
+        pending.batches.append(item)
+        pending.samples += len(item)
+        units, events = self.capture.feed(item)
+        if units or events:
+            pending.units.extend(units)
+            pending.events.extend(events)
+            pending.urgent = True  # a non-conformance must not wait for the flush interval
+
+    async def _commit(self, pending: _Pending) -> None:
+        batches = pending.batches
         table = pa.concat_tables([b.to_arrow() for b in batches]) if batches else None
-        await self.buffer.append(table, events)
+        await self.buffer.append(table, pending.events, pending.units)
         for batch in batches:
             values = self.stats.devices[batch.device].last_values
             for tag, value, quality in zip(batch.tag, batch.value, batch.quality, strict=True):
                 values[tag] = (value, quality)
-        self.stats.samples_buffered += table.num_rows if table is not None else 0
+        self.stats.samples_buffered += pending.samples
+        self.stats.units += len(pending.units)
         self.stats.commits += 1
-        for _ in items:
+        for _ in range(pending.items):
             self._queue.task_done()
         self.forwarder.notify()
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from linetap.drivers import DeviceConfig
 
+from .capture import StationCapture
 from .units import ByteSize, Duration
 
 # One ISA-95 level of a topic: no MQTT wildcards or separators.
@@ -123,6 +124,8 @@ class LineConfig(Strict):
     logging: LoggingConfig = LoggingConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
     devices: list[DeviceConfig] = Field(min_length=1, description="the equipment this agent reads")
+    stations: list[StationCapture] = Field(default_factory=list,
+                                           description="per-unit capture (eDHR records, non-conformance events)")
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
@@ -131,6 +134,25 @@ class LineConfig(Strict):
             if device.name in seen:
                 raise ValueError(f"duplicate device name {device.name!r}")
             seen.add(device.name)
+        return self
+
+    @model_validator(mode="after")
+    def _stations_fit_devices(self) -> Self:
+        devices = {d.name: d for d in self.devices}
+        seen: set[str] = set()
+        for station in self.stations:
+            if station.name in seen:
+                raise ValueError(f"duplicate station name {station.name!r}")
+            seen.add(station.name)
+            device = devices.get(station.device)
+            if device is None:
+                raise ValueError(f"station {station.name!r}: no device named {station.device!r} "
+                                 f"(devices: {', '.join(devices)})")
+            known = {t.name for t in device.tags}
+            missing = sorted(station.tags() - known)
+            if missing:
+                raise ValueError(f"station {station.name!r}: device {device.name!r} has no tag "
+                                 f"{', '.join(repr(m) for m in missing)}")
         return self
 
     @property
