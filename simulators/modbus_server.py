@@ -1,0 +1,518 @@
+"""The heat-sealing station served over Modbus TCP (pymodbus server, SimDevice datastore).
+
+Register map (protocol addresses, zero-based; add 1 for one-based documentation addresses).
+Multi-register values are big-endian (ABCD) unless noted; strings are UTF-8, 2 characters per
+register, first character in the high byte, NUL-padded.
+
+Holding registers (function 3), the station:
+
+    addr   regs  type     tag               meaning
+    0      2     float32  temperature       seal temperature, degC
+    2      2     float32  pressure          seal pressure, bar (0 while idle)
+    4      2     float32  dwell             hold time of the last completed unit, s
+    6      2     uint32   unit_count        completed units
+    8      1     bit      status            bit 0 cycle_active, bit 1 ramping, bit 2 holding
+    9      1     uint16   state             0 idle, 1 ramp, 2 hold
+    10     10    string   serial            serial number of the current/last unit (20 chars)
+    20     8     string   operator          operator badge id (16 chars)
+    28     2     float32  setpoint          temperature setpoint, degC
+    30     2     uint32   rejects           completed units made out of limits
+    32     2     float32  temperature_low   limits (constants of the station model)
+    34     2     float32  temperature_high
+    36     2     float32  pressure_low
+    38     2     float32  pressure_high
+    40     2     float32  dwell_low
+    42     2     float32  dwell_high
+    44..999             unused, read as 0 (reads may span them)
+    1000..1099          known-value block (KNOWN_VALUES)
+    1100 and up         not mapped: exception 2 (illegal data address)
+
+Input registers (function 4), the same process values as a PLC's scaled integers:
+
+    0      1     int16    temperature_x10   degC * 10
+    1      1     uint16   pressure_x100     bar * 100
+    2      1     uint16   dwell_ms          ms
+    3      2     uint32   unit_count        CDAB (word-swapped)
+    1000..1099          known-value block; 1100 and up not mapped
+
+Coils (function 1): 0 cycle_active; 1000..1099 known bits.
+Discrete inputs (function 2): 0 cycle_active, 1 ramping, 2 holding, 3 idle; 1000..1099 known bits.
+
+Values are taken from the model on every request (the model is moved to the server's clock
+first), so one request is one consistent snapshot; the whole station area of the holding
+registers fits in one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from .station import (
+    DWELL_LIMITS,
+    PRESSURE_LIMITS,
+    TEMPERATURE_LIMITS,
+    State,
+    StationModel,
+    StationSnapshot,
+)
+
+log = structlog.get_logger("linetap.simulators.modbus")
+
+HOLDING_SIZE = 1100
+INPUT_SIZE = 1100
+BITS_SIZE = 1104  # a multiple of 16
+KNOWN_BASE = 1000
+
+FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 15: "coil", 6: "holding",
+            16: "holding", 22: "holding", 23: "holding"}
+
+# The station's tags as tag-config fields (zero-based addresses): for example configs and tests.
+STATION_TAGS: list[dict[str, Any]] = [
+    {"name": "temperature", "table": "holding", "address": 0, "type": "float32", "unit": "degC"},
+    {"name": "pressure", "table": "holding", "address": 2, "type": "float32", "unit": "bar"},
+    {"name": "dwell", "table": "holding", "address": 4, "type": "float32", "unit": "s"},
+    {"name": "unit_count", "table": "holding", "address": 6, "type": "uint32"},
+    {"name": "cycle_active", "table": "holding", "address": 8, "type": "bit", "bit": 0},
+    {"name": "ramping", "table": "holding", "address": 8, "type": "bit", "bit": 1},
+    {"name": "holding", "table": "holding", "address": 8, "type": "bit", "bit": 2},
+    {"name": "state", "table": "holding", "address": 9, "type": "uint16"},
+    {"name": "serial", "table": "holding", "address": 10, "type": "string", "length": 10},
+    {"name": "operator", "table": "holding", "address": 20, "type": "string", "length": 8},
+    {"name": "setpoint", "table": "holding", "address": 28, "type": "float32", "unit": "degC"},
+    {"name": "rejects", "table": "holding", "address": 30, "type": "uint32"},
+]
+
+# --------------------------------------------------------------------------------------------
+# Encoding (written independently of the driver's decoder, so tests compare two implementations)
+# --------------------------------------------------------------------------------------------
+
+_CODES = {"int16": "h", "uint16": "H", "bit": "H", "int32": "i", "uint32": "I", "int64": "q",
+          "uint64": "Q", "float32": "f", "float64": "d"}
+
+
+def encode_registers(value: Any, type: str, order: str = "ABCD", length: int | None = None) -> list[int]:
+    """The registers a device holding `value` as `type` in byte/word `order` puts on the wire."""
+    if type == "string":
+        assert length is not None
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if len(raw) > 2 * length:
+            raise ValueError(f"{value!r} does not fit {length} registers")
+        raw = raw.ljust(2 * length, b"\x00")
+        words = [raw[i:i + 2] for i in range(0, len(raw), 2)]
+        word_swap = False
+    else:
+        big = struct.pack(">" + _CODES[type], value)
+        words = [big[i:i + 2] for i in range(0, len(big), 2)]
+        word_swap = order in ("CDAB", "DCBA")
+    if word_swap:
+        words.reverse()
+    if order in ("BADC", "DCBA"):
+        words = [w[::-1] for w in words]
+    return [int.from_bytes(w, "big") for w in words]
+
+
+def _as_float32(x: float) -> float:
+    return struct.unpack(">f", struct.pack(">f", x))[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Known-value block
+# --------------------------------------------------------------------------------------------
+
+ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+_KNOWN_NUMBERS: list[tuple[str, int | float]] = [
+    ("int16", -4660),  # 0xEDCC
+    ("uint16", 0xABCD),
+    ("int32", -305419896),  # 0xEDCBA988
+    ("uint32", 0xA1B2C3D4),
+    ("float32", -123.456),
+    ("int64", -0x0123456789ABCDEF),
+    ("uint64", 0xF1E2D3C4B5A69788),  # beyond 2**53
+    ("float64", 12345.678901234567),
+]
+_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "int64": 4, "uint64": 4,
+          "float64": 4}
+
+
+def _build_known() -> tuple[list[tuple[dict[str, Any], Any]], dict[str, dict[int, int]],
+                            tuple[dict[str, Any], str]]:
+    known: list[tuple[dict[str, Any], Any]] = []
+    regs: dict[str, dict[int, int]] = {"holding": {}, "input": {}, "coil": {}, "discrete": {}}
+
+    def put(fields: dict[str, Any], wire_value: Any, expected: Any, table: str = "holding") -> None:
+        fields = {"table": table, **fields}
+        if table in ("coil", "discrete"):
+            regs[table][fields["address"]] = int(wire_value)
+        else:
+            words = encode_registers(wire_value, fields["type"], fields.get("order", "ABCD"), fields.get("length"))
+            for i, w in enumerate(words):
+                regs[table][fields["address"] + i] = w
+        known.append((fields, expected))
+
+    addr = KNOWN_BASE
+    for type_, value in _KNOWN_NUMBERS:
+        expected = _as_float32(value) if type_ == "float32" else value
+        for order in ORDERS:
+            put({"name": f"kv_{type_}_{order}", "address": addr, "type": type_, "order": order}, value, expected)
+            addr += _WIDTH[type_]
+    # addr == 1080
+    put({"name": "kv_string_ABCD", "address": 1080, "type": "string", "length": 5}, "Hello PLC", "Hello PLC")
+    put({"name": "kv_string_BADC", "address": 1085, "type": "string", "length": 5, "order": "BADC"},
+        "Hello PLC", "Hello PLC")
+    put({"name": "kv_string_full", "address": 1090, "type": "string", "length": 4}, "ABCDEFGH", "ABCDEFGH")
+    bad_fields = {"table": "holding", "name": "kv_string_bad", "address": 1094, "type": "string", "length": 2}
+    for i, w in enumerate(encode_registers(b"OK\xff\xfe", "string", length=2)):
+        regs["holding"][1094 + i] = w
+    bad = (bad_fields, "OK\ufffd\ufffd")
+    # Bits in registers: 0xA005 = bits 0, 2, 13, 15 set; the BADC register holds it byte-swapped.
+    regs["holding"][1096] = 0xA005
+    regs["holding"][1097] = 0x05A0
+    for bit in (0, 1, 2, 13, 14, 15):
+        expected = bool(0xA005 >> bit & 1)
+        known.append(({"table": "holding", "name": f"kv_bit{bit}_ABCD", "address": 1096, "type": "bit",
+                       "bit": bit}, expected))
+        known.append(({"table": "holding", "name": f"kv_bit{bit}_BADC", "address": 1097, "type": "bit",
+                       "bit": bit, "order": "BADC"}, expected))
+    # 1098..1099 unused (zero)
+    # Input registers.
+    put({"name": "kv_in_uint16", "address": 1000, "type": "uint16"}, 0xABCD, 0xABCD, "input")
+    put({"name": "kv_in_int32_CDAB", "address": 1001, "type": "int32", "order": "CDAB"},
+        -305419896, -305419896, "input")
+    put({"name": "kv_in_float32_DCBA", "address": 1003, "type": "float32", "order": "DCBA"},
+        -123.456, _as_float32(-123.456), "input")
+    put({"name": "kv_in_float64_BADC", "address": 1005, "type": "float64", "order": "BADC"},
+        12345.678901234567, 12345.678901234567, "input")
+    # Coils and discrete inputs.
+    for i, bit in enumerate((True, False, True, True, False, False, True, False, False, True)):
+        put({"name": f"kv_coil{i}", "address": KNOWN_BASE + i, "type": "bool"}, bit, bit, "coil")
+        put({"name": f"kv_discrete{i}", "address": KNOWN_BASE + i, "type": "bool"}, not bit, not bit, "discrete")
+    return known, regs, bad
+
+
+#: Every known value: (tag config fields with zero-based `address`, expected decoded value).
+#: Covers every numeric type x byte order, strings (ABCD, BADC, full length, padded), bits in
+#: registers (ABCD and BADC), input registers, coils and discrete inputs.
+KNOWN_VALUES: list[tuple[dict[str, Any], Any]]
+#: A string with bytes that are not UTF-8: decoded with replacement, quality UNCERTAIN.
+KNOWN_UNCERTAIN_STRING: tuple[dict[str, Any], str]
+KNOWN_VALUES, _KNOWN_REGISTERS, KNOWN_UNCERTAIN_STRING = _build_known()
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+_STATION_STRUCT = struct.Struct(">fffIHH20s16sfI6f")
+_STATION_REGS = _STATION_STRUCT.size // 2
+_STATION_WORDS = struct.Struct(f">{_STATION_REGS}H")
+_INPUT_STRUCT = struct.Struct(">hHHI")  # unit_count packed big-endian, then word-swapped below
+
+
+class _SequentialRequestHandler(ServerRequestHandler):
+    """One connection, answered like a PLC: one request at a time, each answer with its own id.
+
+    pymodbus' handler reads `self.last_pdu` again after the datastore call; when a response is
+    delayed (our slow-PLC fault) and the client sends its next request meanwhile, the late answer
+    would carry the new request's transaction id. Here the request is captured first.
+    """
+
+    def __init__(self, owner: _StationTcpServer, *args: Any) -> None:
+        super().__init__(owner, *args)
+        self._serial = asyncio.Lock()
+
+    def handle_later(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if pdu is None:
+            return
+        task = self.loop.create_task(self._answer(pdu, addr))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _answer(self, pdu: Any, addr: Any) -> None:
+        async with self._serial:
+            try:
+                response = await pdu.datastore_update(self.server.context, pdu.dev_id)
+            except KeyError:  # no such unit id
+                response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+            except Exception as err:  # a simulator bug must not kill the connection
+                log.error("simulator request failed", error=repr(err))
+                response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+            response.transaction_id = pdu.transaction_id
+            response.dev_id = pdu.dev_id
+            if self.transport:
+                self.server_send(response, addr)
+
+
+class _StationTcpServer(ModbusTcpServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks: set[asyncio.Task] = set()
+
+    def callback_new_connection(self) -> _SequentialRequestHandler:
+        return _SequentialRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fault:
+    table: str
+    address: int
+    count: int
+    code: int
+
+
+class ModbusStationServer:
+    """Serves a `StationModel` over Modbus TCP, with fault injection for tests.
+
+    `clock`: model seconds now (default: `speed` x seconds since the first `start()`); tests pass
+    their own to move the model explicitly.
+    """
+
+    def __init__(
+        self,
+        model: StationModel,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        unit_id: int = 1,
+        *,
+        clock: Callable[[], float] | None = None,
+        speed: float = 1.0,
+    ) -> None:
+        self.model = model
+        self.host = host
+        self.unit_id = unit_id
+        self._requested_port = port
+        self._port: int | None = None
+        self._clock = clock
+        self._speed = speed
+        self._t0: float | None = None
+        self._server: _StationTcpServer | None = None
+        self._faults: list[_Fault] = []
+        self._delay = 0.0
+        self._frozen: dict[str, Any] = {}
+        self.requests = 0  # requests answered from the datastore (a test counts reads with it)
+        self.requests_by_table: dict[str, int] = {"holding": 0, "input": 0, "coil": 0, "discrete": 0}
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (after start; port 0 picks a free one, kept across restarts)."""
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def _device(self) -> SimDevice:
+        def block(table: str, size: int) -> list[SimData]:
+            values = [0] * size
+            for addr, word in _KNOWN_REGISTERS[table].items():
+                values[addr] = word
+            return [SimData(address=0, values=values, datatype=DataType.REGISTERS)]
+
+        def bits(table: str) -> list[SimData]:
+            values = [False] * BITS_SIZE
+            for addr, bit in _KNOWN_REGISTERS[table].items():
+                values[addr] = bool(bit)
+            return [SimData(address=0, values=values, datatype=DataType.BITS)]
+
+        return SimDevice(
+            id=self.unit_id,
+            simdata=(bits("coil"), bits("discrete"), block("holding", HOLDING_SIZE), block("input", INPUT_SIZE)),
+            action=self._action,
+        )
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        port = self._port if self._port is not None else self._requested_port
+        server = _StationTcpServer(self._device(), address=(self.host, port))
+        await server.serve_forever(background=True)
+        self._server = server
+        self._port = server.transport.sockets[0].getsockname()[1]
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        log.info("modbus simulator listening", host=self.host, port=self._port, unit_id=self.unit_id)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        listener = server.transport
+        for task in list(server.tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await server.shutdown()
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.wait_closed()
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down for `down_for` seconds, start again on the same port."""
+        await self.stop()
+        if down_for:
+            await asyncio.sleep(down_for)
+        await self.start()
+
+    async def __aenter__(self) -> ModbusStationServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- fault injection -------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return len(self._server.active_connections) if self._server else 0
+
+    def drop_connections(self) -> int:
+        """Close every client connection (the listener stays up). Returns how many were closed."""
+        if self._server is None:
+            return 0
+        conns = list(self._server.active_connections.values())
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return len(conns)
+
+    def fail_range(self, table: str, address: int, count: int = 1, code: int = 2) -> None:
+        """Requests touching `table` [address, address+count) answer with Modbus exception `code`."""
+        if table not in self.requests_by_table:
+            raise ValueError(f"unknown table {table!r}")
+        self._faults.append(_Fault(table, address, count, int(code)))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def set_delay(self, seconds: float) -> None:
+        """Answer every request `seconds` late (a slow PLC); 0 restores normal answers."""
+        self._delay = max(0.0, seconds)
+
+    def freeze(self, name: str, value: Any = None) -> None:
+        """Serve station value `name` (a StationSnapshot field) fixed at `value` (default: now's)."""
+        if name not in {f.name for f in dataclasses.fields(StationSnapshot)}:
+            raise ValueError(f"unknown station value {name!r}")
+        if value is None:
+            value = getattr(self.snapshot(), name)
+        self._frozen[name] = value
+
+    def unfreeze(self, name: str | None = None) -> None:
+        if name is None:
+            self._frozen.clear()
+        else:
+            self._frozen.pop(name, None)
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def model_time(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        if self._t0 is None:
+            return 0.0
+        return (time.monotonic() - self._t0) * self._speed
+
+    def snapshot(self) -> StationSnapshot:
+        """Move the model to now and return what is served (with frozen values applied)."""
+        snap = self.model.step(self.model_time())
+        if self._frozen:
+            snap = dataclasses.replace(snap, **self._frozen)
+        return snap
+
+    async def _action(self, function_code: int, start_address: int, address: int, count: int,
+                      registers: list[int], set_values: Any) -> ExcCodes | None:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        table = FC_TABLE.get(function_code, "holding")
+        if table in ("coil", "discrete"):  # start_address and count are in 16-bit words here
+            lo, hi = address, (address // 16 + count) * 16
+        else:
+            lo, hi = address, address + count
+        for fault in self._faults:
+            if fault.table == table and fault.address < hi and lo < fault.address + fault.count:
+                return ExcCodes(fault.code)
+        self.requests += 1
+        self.requests_by_table[table] += 1
+        if set_values is not None:
+            return None
+        snap = self.snapshot()
+        if table == "holding":
+            if start_address <= 0 and address < _STATION_REGS:
+                words = _STATION_WORDS.unpack(self._station_bytes(snap))
+                registers[-start_address:-start_address + _STATION_REGS] = words
+        elif table == "input":
+            if start_address <= 0 and address < 5:
+                raw = _INPUT_STRUCT.pack(
+                    _clamp(round(snap.temperature * 10), -32768, 32767),
+                    _clamp(round(snap.pressure * 100), 0, 65535),
+                    _clamp(round(snap.dwell * 1000), 0, 65535),
+                    snap.unit_count & 0xFFFFFFFF,
+                )
+                w = struct.unpack(">5H", raw)
+                registers[-start_address:-start_address + 5] = [w[0], w[1], w[2], w[4], w[3]]
+        elif table == "coil":
+            if start_address <= 0 and address < 16:
+                registers[-start_address] = (registers[-start_address] & ~1) | int(snap.cycle_active)
+        elif table == "discrete" and start_address <= 0 and address < 16:
+            bits = (int(snap.cycle_active) | int(snap.state is State.RAMP) << 1
+                    | int(snap.state is State.HOLD) << 2 | int(snap.state is State.IDLE) << 3)
+            registers[-start_address] = (registers[-start_address] & ~0xF) | bits
+        return None
+
+    @staticmethod
+    def _station_bytes(snap: StationSnapshot) -> bytes:
+        status = int(snap.cycle_active) | int(snap.state is State.RAMP) << 1 | int(snap.state is State.HOLD) << 2
+        return _STATION_STRUCT.pack(
+            snap.temperature, snap.pressure, snap.dwell, snap.unit_count & 0xFFFFFFFF, status, int(snap.state),
+            snap.serial.encode("utf-8")[:20], snap.operator.encode("utf-8")[:16], snap.setpoint,
+            snap.rejects & 0xFFFFFFFF,
+            TEMPERATURE_LIMITS.low, TEMPERATURE_LIMITS.high, PRESSURE_LIMITS.low, PRESSURE_LIMITS.high,
+            DWELL_LIMITS.low, DWELL_LIMITS.high,
+        )
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return lo if v < lo else hi if v > hi else v
+
+
+async def serve_modbus(
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    *,
+    cycle_time: float = 2.0,
+    out_of_limit_share: float = 0.1,
+    seed: int = 1,
+    unit_id: int = 1,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve a heat-sealing station until `stop` is set (or forever): `linetap simulate modbus`."""
+    model = StationModel(seed=seed, cycle_time=cycle_time, out_of_limit_share=out_of_limit_share,
+                         keep_units=10_000)
+    server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id)
+    await server.start()
+    log.info("heat-sealer simulator running", endpoint=f"{host}:{server.port}", unit_id=unit_id,
+             cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)
+    try:
+        if stop is None:
+            await asyncio.Event().wait()
+        else:
+            await stop.wait()
+    finally:
+        await server.stop()
