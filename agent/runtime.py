@@ -130,7 +130,7 @@ class Agent:
                 state = "recovered" if ever_connected else "connected"
                 ever_connected = True
                 backoff.reset()
-                self._set_state(device_cfg, status, "connected", state, None)
+                await self._set_state(device_cfg, status, "connected", state, None)
                 async for batch in driver.samples():
                     status.batches += 1
                     status.samples += len(batch)
@@ -144,18 +144,18 @@ class Agent:
                 await driver.close()
             if status.state != "lost":
                 log.warning("device lost", device=name, reason=reason, retry_in=f"{backoff.minimum:g}s")
-                self._set_state(device_cfg, status, "lost", "lost", reason)
+                await self._set_state(device_cfg, status, "lost", "lost", reason)
                 await self._queue.put(SampleBatch.all_bad(name, driver.tag_names, reason))
             else:
                 log.debug("device still unreachable", device=name, reason=reason)
             await asyncio.sleep(backoff.next())
 
-    def _set_state(self, device_cfg, status: DeviceStatus, state: str, event_state: str, reason: str | None):
+    async def _set_state(self, device_cfg, status: DeviceStatus, state: str, event_state: str, reason: str | None):
         status.state, status.since, status.reason = state, now_us(), reason
         if event_state != "lost":
             log.info(f"device {event_state}", device=device_cfg.name)
         data = {"state": event_state, "reason": reason} if reason else {"state": event_state}
-        self._queue.put_nowait(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
+        await self._queue.put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
 
     # -- writer ---------------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""Unit assembly and non-conformance logic, fed with hand-made sample batches (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from linetap.agent.capture import CaptureEngine, StationAssembler
+from linetap.agent.records import Quality, SampleBatch
+from linetap.config.capture import StationCapture
+from linetap.config.models import LineConfig
+
+TAGS = ["cycle_active", "serial", "operator", "temperature", "pressure", "dwell", "count"]
+
+STATION = {
+    "name": "sealer1",
+    "device": "plc1",
+    "serial": {"tag": "serial"},
+    "operator": {"tag": "operator"},
+    "start": {"tag": "cycle_active", "on": "rising"},
+    "timeout": "10s",
+    "parameters": [
+        {"name": "temp_max", "tag": "temperature", "reduce": "max", "unit": "degC",
+         "limits": {"low": 175, "high": 185}, "spec": "SP-12 rev C"},
+        {"name": "temp_min", "tag": "temperature", "reduce": "min", "limits": {"low": 175}},
+        {"name": "temp_mean", "tag": "temperature", "reduce": "mean", "limits": {"low": 175, "high": 185}},
+        {"name": "pressure", "tag": "pressure", "reduce": "last", "limits": {"low": 4, "high": 6}},
+        {"name": "dwell", "tag": "dwell", "reduce": "end", "limits": {"low": 1.0, "high": 1.6}},
+        {"name": "active_time", "tag": "cycle_active", "reduce": "true_duration"},
+        {"name": "cycle", "reduce": "cycle_time"},
+        {"name": "temp_trace", "tag": "temperature", "reduce": "trace", "points": 3},
+    ],
+}
+
+
+def poll(t_s: float, active: bool, serial="SN-1", operator="OP-1", temp=180.0, pressure=5.0, dwell=1.3,
+         bad: str | None = None) -> SampleBatch:
+    values = [active, serial, operator, temp, pressure, dwell, 0]
+    n = len(TAGS)
+    return SampleBatch("plc1", list(TAGS), values if bad is None else [None] * n,
+                       [Quality.GOOD if bad is None else Quality.BAD] * n, [bad] * n, int(t_s * 1e6))
+
+
+def station(**overrides) -> StationAssembler:
+    return StationAssembler(StationCapture.model_validate({**STATION, **overrides}), "sha256:test")
+
+
+def run(st: StationAssembler, polls: list[SampleBatch]):
+    units, events = [], []
+    for b in polls:
+        u, e = st.feed(b)
+        units.extend(u)
+        events.extend(e)
+    return units, events
+
+
+def test_one_good_unit_has_every_parameter():
+    st = station()
+    units, events = run(st, [
+        poll(0.0, False),
+        poll(1.0, True, serial="SN-7", temp=170.0),
+        poll(1.5, True, serial="SN-7", temp=179.0),
+        poll(2.0, True, serial="SN-7", temp=181.0),
+        poll(2.5, False, serial="SN-7", temp=160.0, dwell=1.25),
+    ])
+    assert events == [] or all(e.kind == "nonconformance" for e in events)
+    [u] = units
+    assert u["serial"] == "SN-7" and u["operator"] == "OP-1" and u["station"] == "sealer1"
+    assert u["started_at"] == 1_000_000 and u["ended_at"] == 2_500_000 and u["cycle_time"] == 1.5
+    p = {x["name"]: x for x in u["parameters"]}
+    assert p["temp_max"]["value"] == 181.0
+    assert p["temp_min"]["value"] == 170.0 and p["temp_min"]["verdict"] == "fail"
+    assert p["temp_mean"]["value"] == pytest.approx((170 + 179 + 181) / 3)
+    assert p["pressure"]["value"] == 5.0
+    assert p["dwell"]["value"] == 1.25  # latched by the PLC at the end of the cycle
+    assert p["active_time"]["value"] == pytest.approx(1.5)
+    assert p["cycle"]["value"] == 1.5
+    assert p["temp_trace"]["value"] == [[0.0, 170.0], [0.5, 179.0], [1.0, 181.0]]
+    assert u["verdict"] == "fail" and u["config_version"] == "sha256:test"
+
+
+def test_breach_raises_nonconformance_during_the_cycle_before_the_record():
+    st = station()
+    _, early = run(st, [poll(0, False), poll(1, True), poll(1.2, True, temp=190.0)])
+    [nc] = early
+    assert nc.kind == "nonconformance" and nc.data["parameter"] == "temp_max"
+    assert nc.data["value"] == 190.0 and nc.data["limit"] == "high" and nc.data["limit_value"] == 185
+    assert nc.data["spec"] == "SP-12 rev C" and nc.data["serial"] == "SN-1" and nc.data["during_cycle"]
+    units, later = run(st, [poll(1.4, True, temp=180.0), poll(2, False)])
+    [u] = units
+    assert u["verdict"] == "fail"
+    assert not [e for e in later if e.data.get("parameter") == "temp_max"]  # raised once per unit
+
+
+def test_end_of_unit_breach_is_reported_when_the_unit_ends():
+    st = station()
+    units, events = run(st, [poll(0, False), poll(1, True), poll(2, False, dwell=2.0)])
+    assert [e.data["parameter"] for e in events] == ["dwell"]
+    assert not events[0].data["during_cycle"]
+    assert units[0]["verdict"] == "fail"
+
+
+def test_in_limit_unit_passes():
+    st = station()
+    units, events = run(st, [poll(0, False), poll(1, True), poll(1.5, True), poll(2, False)])
+    assert events == []
+    assert units[0]["verdict"] == "pass"
+    assert {p["verdict"] for p in units[0]["parameters"]} == {"pass", "recorded"}
+
+
+def test_device_lost_mid_cycle_gives_incomplete_unit_and_event():
+    st = station()
+    units, events = run(st, [poll(0, False), poll(1, True), poll(1.5, True, bad="connection lost")])
+    [u] = units
+    assert u["verdict"] == "incomplete"
+    assert "lost mid-cycle" in u["reasons"][0] and "connection lost" in u["reasons"][0]
+    [e] = events
+    assert e.kind == "unit_incomplete" and e.data["serial"] == "SN-1"
+    # after recovery, a cycle still active is not mistaken for a new unit start
+    units, _ = run(st, [poll(3, True), poll(4, False)])
+    assert units == []
+
+
+def test_unit_that_never_ends_times_out_as_incomplete():
+    st = station(timeout="2s")
+    units, events = run(st, [poll(0, False), poll(1, True), poll(2, True), poll(3.5, True)])
+    [u] = units
+    assert u["verdict"] == "incomplete" and "did not end within 2s" in u["reasons"][0]
+    assert events[-1].kind == "unit_incomplete"
+
+
+def test_serial_change_trigger_ends_one_unit_and_starts_the_next():
+    st = station(start={"tag": "serial", "on": "change"}, parameters=[{"name": "c", "reduce": "cycle_time"}])
+    units, _ = run(st, [poll(0, True, serial="A"), poll(1, True, serial="B"), poll(3, True, serial="C"),
+                        poll(4, True, serial="D")])
+    assert [(u["serial"], u["cycle_time"]) for u in units] == [("B", 2.0), ("C", 1.0)]
+
+
+def test_bad_quality_of_one_parameter_makes_it_incomplete_not_pass():
+    st = station()
+    bad_pressure = poll(1.5, True)
+    bad_pressure.quality[4] = Quality.BAD
+    bad_pressure.reason[4] = "modbus exception 2 (illegal data address)"
+    bad_pressure.value[4] = None
+    units, _ = run(st, [poll(0, False), poll(1, True, pressure=None), bad_pressure, poll(2, False)])
+    p = {x["name"]: x for x in units[0]["parameters"]}
+    assert p["temp_max"]["verdict"] == "pass"
+    assert p["pressure"]["verdict"] == "incomplete" and "illegal data address" in p["pressure"]["reason"]
+    assert units[0]["verdict"] == "incomplete"
+
+
+def test_engine_routes_batches_by_device():
+    cfg = LineConfig.model_validate({
+        "agent": {"id": "a", "enterprise": "e", "site": "s", "area": "a", "line": "l"},
+        "devices": [{"protocol": "modbus", "name": "plc1", "host": "h", "addressing": "zero_based",
+                     "tags": [{"name": t, "address": i * 4, "type": "float32"} for i, t in enumerate(TAGS)]}],
+        "stations": [STATION],
+    })
+    engine = CaptureEngine(cfg)
+    other = SampleBatch("plc2", list(TAGS), [True] * 7, [0] * 7, [None] * 7, 1)
+    assert engine.feed(other) == ([], [])
+    for b in [poll(0, False), poll(1, True)]:
+        engine.feed(b)
+    units, _ = engine.feed(poll(2, False))
+    assert len(units) == 1 and units[0]["config_version"].startswith("sha256:")
+
+
+def test_station_referring_to_unknown_device_or_tag_is_a_config_error():
+    base = {
+        "agent": {"id": "a", "enterprise": "e", "site": "s", "area": "a", "line": "l"},
+        "devices": [{"protocol": "modbus", "name": "plc1", "host": "h", "addressing": "zero_based",
+                     "tags": [{"name": "cycle_active", "address": 0, "type": "uint16"}]}],
+    }
+    with pytest.raises(ValidationError, match="no device named 'plc9'"):
+        LineConfig.model_validate({**base, "stations": [{**STATION, "device": "plc9"}]})
+    with pytest.raises(ValidationError, match="has no tag"):
+        LineConfig.model_validate({**base, "stations": [STATION]})
