@@ -1,1 +1,47 @@
-"""linetap.simulators."""
+"""linetap.simulators: a heat-sealing station model, served over Modbus TCP (and later OPC UA)."""
+
+from .modbus_server import (
+    BULK_ADDRESS,
+    BULK_COUNT,
+    KNOWN_UNCERTAIN_STRING,
+    KNOWN_VALUES,
+    STATION_TAGS,
+    ModbusStationServer,
+    encode_registers,
+    serve_modbus,
+)
+from .station import (
+    DWELL_LIMITS,
+    LIMITS,
+    OPERATORS,
+    PRESSURE_LIMITS,
+    TEMPERATURE_LIMITS,
+    TEMPERATURE_SETPOINT,
+    Limit,
+    State,
+    StationModel,
+    StationSnapshot,
+    UnitTruth,
+)
+
+__all__ = [
+    "BULK_ADDRESS",
+    "BULK_COUNT",
+    "DWELL_LIMITS",
+    "KNOWN_UNCERTAIN_STRING",
+    "KNOWN_VALUES",
+    "LIMITS",
+    "OPERATORS",
+    "PRESSURE_LIMITS",
+    "STATION_TAGS",
+    "TEMPERATURE_LIMITS",
+    "TEMPERATURE_SETPOINT",
+    "Limit",
+    "ModbusStationServer",
+    "State",
+    "StationModel",
+    "StationSnapshot",
+    "UnitTruth",
+    "encode_registers",
+    "serve_modbus",
+]

@@ -25,7 +25,10 @@ Holding registers (function 3), the station:
     42     2     float32  dwell_high
     44..999             unused, read as 0 (reads may span them)
     1000..1099          known-value block (KNOWN_VALUES)
-    1100 and up         not mapped: exception 2 (illegal data address)
+    1100..1999          not mapped: exception 2 (illegal data address)
+    2000..3999          bulk block (BULK_ADDRESS): 1000 float32 values that change with time,
+                        value i = i + sin(model time + i / 10), for load tests and the demo
+    4000 and up         not mapped
 
 Input registers (function 4), the same process values as a PLC's scaled integers:
 
@@ -53,6 +56,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import structlog
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse
@@ -72,6 +76,9 @@ from .station import (
 log = structlog.get_logger("linetap.simulators.modbus")
 
 HOLDING_SIZE = 1100
+#: Bulk block: BULK_COUNT float32 (ABCD) values from holding register BULK_ADDRESS on.
+BULK_ADDRESS = 2000
+BULK_COUNT = 1000
 INPUT_SIZE = 1100
 BITS_SIZE = 1104  # a multiple of 16
 KNOWN_BASE = 1000
@@ -323,7 +330,11 @@ class ModbusStationServer:
             values = [0] * size
             for addr, word in _KNOWN_REGISTERS[table].items():
                 values[addr] = word
-            return [SimData(address=0, values=values, datatype=DataType.REGISTERS)]
+            out = [SimData(address=0, values=values, datatype=DataType.REGISTERS)]
+            if table == "holding":
+                out.append(SimData(address=BULK_ADDRESS, values=[0] * (2 * BULK_COUNT),
+                                   datatype=DataType.REGISTERS))
+            return out
 
         def bits(table: str) -> list[SimData]:
             values = [False] * BITS_SIZE
@@ -457,6 +468,8 @@ class ModbusStationServer:
             if start_address <= 0 and address < _STATION_REGS:
                 words = _STATION_WORDS.unpack(self._station_bytes(snap))
                 registers[-start_address:-start_address + _STATION_REGS] = words
+            if address + count > BULK_ADDRESS and address < BULK_ADDRESS + 2 * BULK_COUNT:
+                self._fill_bulk(snap.time, registers, start_address, address, count)
         elif table == "input":
             if start_address <= 0 and address < 5:
                 raw = _INPUT_STRUCT.pack(
@@ -475,6 +488,16 @@ class ModbusStationServer:
                     | int(snap.state is State.HOLD) << 2 | int(snap.state is State.IDLE) << 3)
             registers[-start_address] = (registers[-start_address] & ~0xF) | bits
         return None
+
+    @staticmethod
+    def _fill_bulk(t: float, registers: list[int], start_address: int, address: int, count: int) -> None:
+        lo = max(address, BULK_ADDRESS) - BULK_ADDRESS
+        hi = min(address + count, BULK_ADDRESS + 2 * BULK_COUNT) - BULK_ADDRESS
+        first, last = lo // 2, (hi + 1) // 2  # whole float32 values
+        idx = np.arange(first, last, dtype=np.float64)
+        words = (idx + np.sin(t + idx / 10)).astype(">f4").view(">u2").tolist()
+        at = BULK_ADDRESS + 2 * first - start_address
+        registers[at:at + len(words)] = words
 
     @staticmethod
     def _station_bytes(snap: StationSnapshot) -> bytes:

@@ -181,13 +181,14 @@ class StationModel:
         start_time: float = 0.0,
         keep_units: int | None = None,
     ) -> None:
-        """`cycle_time`: nominal sealing time (ramp + nominal dwell), > DWELL_SETPOINT.
+        """`cycle_time`: nominal sealing time (ramp + nominal dwell); the ramp takes
+        `cycle_time - DWELL_SETPOINT`, at least 0.2 s (so a shorter cycle_time gives longer cycles).
 
         `keep_units`: how many completed units the ground truth keeps (None: all; a long-running
         CLI simulator should bound it).
         """
-        if cycle_time <= DWELL_SETPOINT:
-            raise ValueError(f"cycle_time {cycle_time}s must exceed the nominal dwell {DWELL_SETPOINT}s")
+        if cycle_time <= 0:
+            raise ValueError("cycle_time must be positive")
         if idle_time <= 0:
             raise ValueError("idle_time must be positive")
         if not 0.0 <= out_of_limit_share <= 1.0:
@@ -202,7 +203,7 @@ class StationModel:
         self.seed = seed
         self.cycle_time = cycle_time
         self.idle_time = idle_time
-        self.ramp_time = cycle_time - DWELL_SETPOINT
+        self.ramp_time = max(cycle_time - DWELL_SETPOINT, 0.2)
         self.out_of_limit_share = out_of_limit_share
         self.out_of_limit_parameters = tuple(out_of_limit_parameters)
         self.out_of_limit_excess = out_of_limit_excess
