@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS units (seq BIGINT NOT NULL, id VARCHAR NOT NULL, reco
 CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
                                    body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
 """
+# DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
 _TELEMETRY_COLUMNS = ", ".join(f.name for f in TELEMETRY_SCHEMA)
 _RECORD_COLUMNS = ["seq", "id", "recorded_at", "body", "prev_hash", "hash"]
 
@@ -119,7 +120,7 @@ class DuckDBBuffer:
     def _check_identity(self, existed: bool) -> None:
         rows = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
         if not rows:
-            if existed and self._con.execute("SELECT count(*) FROM streams").fetchone()[0]:
+            if existed and self._con.execute("SELECT count(*) FROM streams").fetchall()[0][0]:
                 raise BufferCorrupt(f"buffer {self.path} has data but no identity")
             self._con.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?), ('agent_id', ?), ('created_at', ?)",
@@ -221,8 +222,8 @@ class DuckDBBuffer:
     # -- cursors --------------------------------------------------------------------------
 
     def cursor(self, sink: str, stream: str) -> int:
-        row = self._con.execute("SELECT seq FROM cursors WHERE sink = ? AND stream = ?", [sink, stream]).fetchone()
-        return row[0] if row else 0
+        rows = self._con.execute("SELECT seq FROM cursors WHERE sink = ? AND stream = ?", [sink, stream]).fetchall()
+        return rows[0][0] if rows else 0
 
     def ack(self, sink: str, stream: str, seq: int) -> None:
         """Acknowledge everything up to `seq` for this sink. The cursor never moves back."""
@@ -243,7 +244,7 @@ class DuckDBBuffer:
             ts_col = "agent_ts" if stream == "telemetry" else "recorded_at"
             pending, oldest = self._con.execute(
                 f"SELECT count(*), min({ts_col}) FROM {stream} WHERE seq > ?", [cur]
-            ).fetchone()
+            ).fetchall()[0]
             out.append(StreamStats(stream, self._last[stream][0], cur, pending, oldest))
         return out
 
@@ -255,7 +256,7 @@ class DuckDBBuffer:
             cur = self.cursor(sink, stream)
             n = self._con.execute(
                 f"DELETE FROM {stream} WHERE seq <= ? AND {ts_col} < ?", [cur, older_than_us]
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             deleted[stream] = n
         return deleted
 

@@ -2,3 +2,7 @@
 
 from fixtures_broker import *  # noqa: F401,F403  (Mosquitto / embedded broker on a free port)
 from fixtures_sim import *  # noqa: F401,F403  (station simulators on port 0)
+
+
+def pytest_report_header(config):
+    return broker_report_header()  # noqa: F405

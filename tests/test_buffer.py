@@ -173,3 +173,23 @@ async def test_async_buffer_runs_every_call_on_one_thread(path):
     table = await buf.read_telemetry(0, 1000)
     assert table.column("seq").to_pylist() == list(range(1, 201))
     await buf.close()
+
+
+def test_every_call_leaves_the_connection_ready_for_the_next(path):
+    """DuckDB 2 refuses new work while a result is unfinished: no call may leave one behind."""
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 10))
+    calls = [
+        lambda: buf.ack("mqtt", "telemetry", 3),
+        lambda: buf.cursor("mqtt", "telemetry"),
+        lambda: buf.stats("mqtt"),
+        lambda: buf.purge_delivered("mqtt", 0),
+        lambda: buf.read_records("events", 0, 5),
+        lambda: buf.read_telemetry(0, 3),
+        lambda: buf.append(batch("d", 1)),
+    ]
+    for call in calls:
+        call()
+        assert buf.read_telemetry(0, 2).num_rows == 2
+        assert buf.cursor("mqtt", "telemetry") == 3
+    buf.close()
