@@ -77,7 +77,8 @@ class MQTTConfig(Strict):
             return self
         parsed = urlparse(self.url)
         if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
-            raise ValueError(f"url {self.url!r}: expected mqtt://host:port or mqtts://host:port")
+            shown = self.url.split("@")[-1]  # never echo user:password@
+            raise ValueError(f"url {shown!r}: expected mqtt://host:port or mqtts://host:port")
         secure = parsed.scheme in ("mqtts", "ssl")
         object.__setattr__(self, "host", parsed.hostname)
         object.__setattr__(self, "port", parsed.port or (8883 if secure else 1883))
@@ -164,5 +165,14 @@ class LineConfig(Strict):
 
     def resolve_paths(self, base: Path) -> LineConfig:
         """Relative file paths in the config are relative to the config file's folder."""
-        buffer_path = self.buffer.path if self.buffer.path.is_absolute() else base / self.buffer.path
-        return self.model_copy(update={"buffer": self.buffer.model_copy(update={"path": buffer_path})})
+
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else base / p
+
+        mqtt = self.mqtt.model_copy(update={"password_file": fix(self.mqtt.password_file)})
+        if mqtt.tls is not None:
+            tls = mqtt.tls
+            mqtt = mqtt.model_copy(update={"tls": tls.model_copy(update={
+                "ca_file": fix(tls.ca_file), "cert_file": fix(tls.cert_file), "key_file": fix(tls.key_file)})})
+        buffer = self.buffer.model_copy(update={"path": fix(self.buffer.path)})
+        return self.model_copy(update={"buffer": buffer, "mqtt": mqtt})
