@@ -232,7 +232,8 @@ class StationAssembler:
         if ps.spec.reduce not in (*REALTIME_REDUCTIONS, "start", "at"):
             return
         breach = limits.breach(value)
-        if breach is not None:
+        # A max can still rise into the band, a min still fall into it: only the far side is certain.
+        if breach is not None and (ps.spec.reduce, breach[0]) not in (("max", "low"), ("min", "high")):
             ps.breached = (*breach, value)
             events.append(self._nc_event(ps, value, breach, ts, during_cycle=True))
 

@@ -175,3 +175,17 @@ def test_station_referring_to_unknown_device_or_tag_is_a_config_error():
         LineConfig.model_validate({**base, "stations": [{**STATION, "device": "plc9"}]})
     with pytest.raises(ValidationError, match="has no tag"):
         LineConfig.model_validate({**base, "stations": [STATION]})
+
+
+def test_max_below_its_low_limit_is_judged_at_the_end_not_during_the_ramp():
+    st = station(parameters=[{"name": "temp_max", "tag": "temperature", "reduce": "max",
+                              "limits": {"low": 175, "high": 185}}])
+    _, during = run(st, [poll(0, False), poll(1, True, temp=150.0), poll(1.5, True, temp=170.0)])
+    assert during == []  # the ramp is below the band by design: not a breach yet
+    units, _ = run(st, [poll(1.8, True, temp=180.0), poll(2, False)])
+    assert units[0]["verdict"] == "pass"
+    st2 = station(parameters=[{"name": "temp_max", "tag": "temperature", "reduce": "max",
+                               "limits": {"low": 175, "high": 185}}])
+    units, events = run(st2, [poll(0, False), poll(1, True, temp=150.0), poll(2, False)])
+    assert units[0]["verdict"] == "fail" and events[0].data["limit"] == "low"
+    assert not events[0].data["during_cycle"]
