@@ -30,7 +30,8 @@ from linetap.config.loader import load_config
 from linetap.config.models import LineConfig
 
 EXAMPLE = "heat-sealer-modbus.yaml"
-BULK_ADDRESS = None  # set from the simulator module when it offers a bulk block
+BULK_ADDRESS = 100  # holding registers the simulated station leaves unused (44..999)
+BULK_MAX = 900
 
 
 def free_port() -> int:
@@ -127,16 +128,18 @@ def _describe(body: dict) -> str:
 
 def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path, interval: str,
                 bulk_tags: int) -> LineConfig:
+    """The example line of `config/examples`, pointed at this demo's simulator, broker and folder."""
+    from linetap.config.units import parse_duration
+    from linetap.drivers.modbus import ModbusTag
+
     example = resources.files("linetap.config") / "examples" / EXAMPLE
     with resources.as_file(example) as path:
         cfg = load_config(path)
-    devices = [d.model_copy(update={"host": "127.0.0.1", "port": sim_port}) for d in cfg.devices]
-    devices = [d.model_copy(update={"poll_interval": cfg.devices[0].poll_interval}) for d in devices]
-    from linetap.config.units import parse_duration
-
-    devices = [d.model_copy(update={"poll_interval": parse_duration(interval)}) for d in devices]
-    if bulk_tags and BULK_ADDRESS is not None:
-        pass
+    # Extra load: registers BULK_ADDRESS.. of the simulator (unused by the station, read as 0).
+    bulk = [ModbusTag(name=f"load_{i:04d}", address=BULK_ADDRESS + i, type="uint16")
+            for i in range(min(bulk_tags, BULK_MAX))]
+    devices = [d.model_copy(update={"host": "127.0.0.1", "port": sim_port, "poll_interval": parse_duration(interval),
+                                    "tags": [*d.tags, *bulk]}) for d in cfg.devices]
     return cfg.model_copy(update={
         "devices": devices,
         "mqtt": cfg.mqtt.model_copy(update={"host": broker_host, "port": broker_port}),
