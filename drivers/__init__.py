@@ -12,11 +12,13 @@ from pydantic import Field
 
 from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, PollingDriver
 from .modbus import ModbusDeviceConfig
+from .opcua import OpcUaDeviceConfig
 
 # protocol -> (config model, "module:Driver class"); driver classes load lazily so that
 # `linetap validate` does not import every protocol library.
 REGISTRY: dict[str, tuple[type, str]] = {
     "modbus": (ModbusDeviceConfig, "linetap.drivers.modbus:ModbusDriver"),
+    "opcua": (OpcUaDeviceConfig, "linetap.drivers.opcua:OpcUaDriver"),
 }
 
 DeviceConfig = Annotated[

@@ -10,6 +10,7 @@ from .modbus_server import (
     encode_registers,
     serve_modbus,
 )
+from .opcua_server import NAMESPACE_URI, STATION_OPCUA_TAGS, OpcUaStationServer, serve_opcua
 from .station import (
     DWELL_LIMITS,
     LIMITS,
@@ -38,10 +39,14 @@ __all__ = [
     "TEMPERATURE_SETPOINT",
     "Limit",
     "ModbusStationServer",
+    "NAMESPACE_URI",
+    "OpcUaStationServer",
+    "STATION_OPCUA_TAGS",
     "State",
     "StationModel",
     "StationSnapshot",
     "UnitTruth",
     "encode_registers",
     "serve_modbus",
+    "serve_opcua",
 ]

@@ -1,0 +1,981 @@
+"""OPC UA driver (asyncua client): config model and driver.
+
+Two modes, same output:
+
+- `subscribe` (default): one subscription with one monitored item per tag. Notifications are
+  handled in batches: our own publish callback turns each PublishResponse into one SampleBatch
+  (no per-notification task or object from asyncua's handler/iterator APIs, and no bounded
+  client-side queue that could drop notifications silently: see MEASURED.md).
+- `poll`: every `poll_interval`, one Read of every tag (split to the server's operation limits).
+
+Values: scalars of the built-in types as Python values (DateTime as an ISO 8601 string in UTC,
+ByteString as hex, LocalizedText as its text, NodeId / QualifiedName as text); a 1-D array as one
+JSON string per sample (one tag = one sample, so the unit capture and the buffer stay simple).
+Quality from the StatusCode (good / uncertain / bad, reason = the code's name, e.g.
+`BadSensorFailure`). `source_ts` = SourceTimestamp, or ServerTimestamp when the server sends no
+source timestamp; `agent_ts` always.
+
+Node references: any standard node id string (`ns=2;s=Line.Temp`, `ns=3;i=1001`, `i=2258`,
+`nsu=urn:plant:plc;s=Line.Temp` with the namespace URI resolved to an index at every connect), or
+a browse path from the Objects folder (`Line/Sealer1/Temperature`, `/Objects/2:Line/2:Sealer1`;
+a segment without `idx:` matches the browse name in the device's `namespace` if given, else in
+any namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from linetap.agent.records import Quality, SampleBatch, now_us
+from linetap.config.units import Duration
+
+from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError
+
+log = structlog.get_logger("linetap.drivers.opcua")
+
+SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+SecurityModeName = Literal["None", "Sign", "SignAndEncrypt"]
+
+DEFAULT_ITEMS_PER_CALL = 500  # when the server publishes no operation limit
+
+_NODE_ID_PREFIX = re.compile(r"^\s*(ns|nsu|i|s|g|b|svr)=", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+class OpcUaDeadband(BaseModel):
+    """A data-change filter: report a change only when it exceeds the deadband."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["absolute", "percent"] = Field(
+        "absolute", description="absolute: in engineering units; percent: of the node's EURange")
+    value: float = Field(ge=0, description="the deadband (engineering units, or 0-100 for percent)")
+
+    @model_validator(mode="after")
+    def _percent(self) -> Self:
+        if self.type == "percent" and self.value > 100:
+            raise ValueError("a percent deadband is between 0 and 100")
+        return self
+
+
+class OpcUaTag(BaseModel):
+    """One variable on the OPC UA server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="tag name, unique per device")
+    node: str = Field(
+        min_length=1,
+        description="node id (ns=2;s=..., ns=3;i=..., nsu=<namespace uri>;s=...) or browse path from "
+        "the Objects folder (Line/Sealer1/Temperature, 2:Line/2:Sealer1/2:Temperature)",
+    )
+    unit: str | None = Field(None, description="engineering unit; defaults to the node's EUInformation")
+    description: str | None = None
+    deadband: OpcUaDeadband | None = Field(None, description="overrides the device's deadband for this tag")
+    sampling_interval: Duration | None = Field(None, description="overrides the device's sampling interval")
+    data_type: str | None = Field(None, description="informational (as found by `linetap browse`)")
+
+
+class OpcUaSecurity(BaseModel):
+    """Secure channel and user identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: SecurityPolicyName = Field("None", description="security policy of the secure channel")
+    mode: SecurityModeName | None = Field(
+        None, description="Sign or SignAndEncrypt (default SignAndEncrypt when a policy is set)")
+    certificate: Path | None = Field(None, description="this client's certificate (DER or PEM)")
+    private_key: Path | None = Field(None, description="this client's private key (PEM or DER)")
+    private_key_password: SecretStr | None = Field(None, description="use ${ENV_VAR}")
+    server_certificate: Path | None = Field(None, description="the server certificate to trust (DER or PEM)")
+    trust_dir: Path | None = Field(
+        None, description="folder of trusted server/CA certificates (*.der, *.pem); either this or "
+        "server_certificate is required with a security policy")
+    username: str | None = Field(None, description="user name; anonymous when not given")
+    password: SecretStr | None = Field(None, description="use ${ENV_VAR}, never a literal secret")
+    password_file: Path | None = Field(None, description="file whose first line is the password")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.policy == "None":
+            if self.mode not in (None, "None"):
+                raise ValueError(f"mode {self.mode} needs a security policy (e.g. Basic256Sha256)")
+        else:
+            if self.mode == "None":
+                raise ValueError(f"policy {self.policy} needs mode Sign or SignAndEncrypt")
+            if self.mode is None:
+                object.__setattr__(self, "mode", "SignAndEncrypt")
+            if self.certificate is None or self.private_key is None:
+                raise ValueError(f"policy {self.policy} needs `certificate` and `private_key` "
+                                 "(create them with `linetap certs create`)")
+            if self.server_certificate is None and self.trust_dir is None:
+                raise ValueError("a secured connection needs the server's certificate: set `server_certificate` "
+                                 "or `trust_dir`")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password needs a `username`")
+        return self
+
+    @property
+    def effective_mode(self) -> str:
+        return self.mode or ("None" if self.policy == "None" else "SignAndEncrypt")
+
+    def password_value(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                lines = self.password_file.read_text().splitlines()
+            except OSError as err:
+                raise DriverError(f"cannot read password_file {self.password_file}: {err.strerror or err}") from None
+            return lines[0] if lines else ""
+        return None
+
+
+class OpcUaDeviceConfig(BaseModel):
+    """An OPC UA server (PLC, controller, gateway)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: Literal["opcua"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$", description="device name, unique per line")
+    station: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$",
+                                description="ISA-95 station/work cell for topics; defaults to the device name")
+    endpoint: str = Field(description="opc.tcp://host:port[/path]")
+    mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (monitored items) or poll (reads)")
+    publishing_interval: Duration = Field(0.5, gt=0, description="subscribe: how often the server sends changes")
+    sampling_interval: Duration | None = Field(
+        None, ge=0, description="subscribe: how often the server samples each value (default: publishing_interval; "
+        "0 = as fast as the server can)")
+    queue_size: int = Field(
+        1, ge=0, le=100_000, description="subscribe: values the server keeps per item between publishes "
+        "(>1 keeps every sampled change, not only the last)")
+    deadband: OpcUaDeadband | None = Field(None, description="subscribe: data-change deadband for every tag")
+    poll_interval: Duration = Field(1.0, gt=0, description="poll: how often every tag is read")
+    timeout: Duration = Field(5.0, gt=0, description="per-request and connect timeout")
+    keepalive: Duration = Field(5.0, gt=0, description="subscribe: the server sends at least this often; "
+                                "silence for 3x this means the connection is lost")
+    max_items_per_call: int | None = Field(
+        None, ge=1, le=100_000, description="cap on nodes per Read / CreateMonitoredItems call "
+        f"(default: the server's OperationLimits, or {DEFAULT_ITEMS_PER_CALL})")
+    namespace: str | None = Field(None, description="namespace URI for browse-path segments without `idx:`")
+    read_units: bool = Field(True, description="read EUInformation for tags without `unit`")
+    security: OpcUaSecurity = OpcUaSecurity()
+    tags: list[OpcUaTag] = Field(min_length=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not re.match(r"^opc\.tcp://[^/:\s]+(:\d+)?(/.*)?$", v):
+            raise ValueError(f"{v!r} is not an OPC UA endpoint; write it like opc.tcp://192.168.0.10:4840")
+        return v
+
+    @model_validator(mode="after")
+    def _check_tags(self) -> Self:
+        seen: set[str] = set()
+        for tag in self.tags:
+            if tag.name in seen:
+                raise ValueError(f"duplicate tag name {tag.name!r}")
+            seen.add(tag.name)
+            try:
+                parse_node_ref(tag.node)
+            except ValueError as err:
+                raise ValueError(f"tag {tag.name!r}: {err}") from None
+        return self
+
+    @property
+    def station_name(self) -> str:
+        return self.station or self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Node references
+# --------------------------------------------------------------------------------------------
+
+
+def parse_node_ref(text: str) -> tuple[str, Any]:
+    """("nodeid", NodeId | ExpandedNodeId) or ("path", [(ns index | None, name), ...])."""
+    from asyncua import ua
+
+    text = text.strip()
+    if _NODE_ID_PREFIX.match(text):
+        try:
+            return "nodeid", ua.NodeId.from_string(text)
+        except Exception as err:  # asyncua raises several types here
+            raise ValueError(f"{text!r} is not a valid node id ({err})") from None
+    segments = [s for s in text.split("/") if s]
+    if segments and segments[0] in ("Objects", "0:Objects"):
+        segments = segments[1:]
+    if not segments:
+        raise ValueError(f"{text!r} is neither a node id (ns=2;s=...) nor a browse path (Folder/Variable)")
+    out: list[tuple[int | None, str]] = []
+    for seg in segments:
+        m = re.match(r"^(\d+):(.+)$", seg)
+        out.append((int(m.group(1)), m.group(2)) if m else (None, seg))
+    return "path", out
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+_HINTS = {
+    "BadUserAccessDenied": "wrong user or password",
+    "BadIdentityTokenInvalid": "user identity not accepted (wrong user, password or token type)",
+    "BadIdentityTokenRejected": "wrong user or password",
+    "BadCertificateUntrusted": "the server does not trust this client's certificate: add it to the server's "
+    "trusted certificates",
+    "BadSecurityChecksFailed": "security checks failed: the server rejected this client's certificate "
+    "(not trusted?) or the keys do not match",
+    "BadCertificateUriInvalid": "the application URI in the certificate does not match",
+    "BadCertificateTimeInvalid": "certificate expired or not yet valid",
+    "BadCertificateUseNotAllowed": "certificate not usable for this purpose (key usage)",
+    "BadSecurityPolicyRejected": "security policy not accepted by the server",
+    "BadSecurityModeRejected": "security mode not accepted by the server",
+    "BadTooManySessions": "the server has no free session",
+    "BadSessionIdInvalid": "session no longer valid on the server",
+    "BadSessionClosed": "session closed by the server",
+    "BadTimeout": "the server did not answer in time",
+    "BadServerHalted": "server halted",
+    "BadShutdown": "server shutting down",
+    "BadNodeIdUnknown": "no such node on the server",
+    "BadTcpEndpointUrlInvalid": "endpoint URL path not served",
+}
+
+
+def status_name(code: int) -> str:
+    from asyncua import ua
+
+    try:
+        return ua.StatusCode(code).name
+    except Exception:
+        return f"0x{code:08X}"
+
+
+def describe_error(exc: BaseException, timeout: float | None = None) -> str:
+    """One line for the engineer: the cause of an asyncua / OS exception."""
+    from asyncua import ua
+    from asyncua.common.utils import ServiceError
+
+    if isinstance(exc, DriverError):
+        return str(exc)
+    if isinstance(exc, ua.UaStatusCodeError | ServiceError):
+        name = status_name(getattr(exc, "code", 0))
+        hint = _HINTS.get(name)
+        return f"{name}: {hint}" if hint else name
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running, and the host and port right?)"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"no answer within {timeout:g}s" if timeout else "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+
+_EPOCH_NAIVE = _dt.datetime(1970, 1, 1)
+_EPOCH_AWARE = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def _us(ts: _dt.datetime | None) -> int | None:
+    if ts is None:
+        return None
+    delta = ts - (_EPOCH_NAIVE if ts.tzinfo is None else _EPOCH_AWARE)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _iso(ts: _dt.datetime) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=_dt.UTC)
+    return ts.astimezone(_dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _plain(v: Any) -> Any:
+    """A scalar as a record value (float, int, bool, str)."""
+    t = type(v)
+    if t is float or t is int or t is bool or t is str:
+        return v
+    if v is None:
+        return None
+    if t is bytes or t is bytearray:
+        return bytes(v).hex()
+    if isinstance(v, _dt.datetime):
+        return _iso(v)
+    if isinstance(v, int | float | str):  # IntEnum and friends
+        return v if isinstance(v, bool) else (int(v) if isinstance(v, int) else v)
+    text = getattr(v, "Text", None)  # LocalizedText
+    if text is not None or type(v).__name__ == "LocalizedText":
+        return text
+    to_string = getattr(v, "to_string", None)  # NodeId, QualifiedName
+    if callable(to_string):
+        return to_string()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    return str(v)
+
+
+def _json_element(v: Any) -> Any:
+    p = _plain(v)
+    if isinstance(p, float) and not math.isfinite(p):
+        return str(p)
+    return p
+
+
+def convert_value(v: Any) -> tuple[Any, str | None]:
+    """(record value, why it is uncertain or None). Arrays become one JSON string."""
+    t = type(v)
+    if t is float or t is int or t is bool or t is str:
+        return v, None
+    if t is list or t is tuple:
+        if any(type(e) is list for e in v):
+            return json.dumps([[_json_element(x) for x in e] if type(e) is list else _json_element(e) for e in v]), \
+                "multi-dimensional array shown as nested JSON"
+        return json.dumps([_json_element(e) for e in v]), None
+    if v is None:
+        return None, None
+    p = _plain(v)
+    if isinstance(p, str) and not isinstance(v, str | bytes | bytearray | _dt.datetime | uuid.UUID) \
+            and not hasattr(v, "to_string") and getattr(v, "Text", None) is None:
+        return p, f"value of type {type(v).__name__} shown as text"
+    return p, None
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+class _Lost:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_POLICY_CLASS = {
+    "Basic256Sha256": "SecurityPolicyBasic256Sha256",
+    "Aes128_Sha256_RsaOaep": "SecurityPolicyAes128Sha256RsaOaep",
+    "Aes256_Sha256_RsaPss": "SecurityPolicyAes256Sha256RsaPss",
+}
+
+
+async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout: float,
+                      watchdog_interval: float = 1.0):
+    """A connected asyncua Client (secured and authenticated as configured).
+
+    Raises DriverError / DeviceUnreachable with a message naming `name`, the endpoint and the cause.
+    """
+    from asyncua import Client
+
+    where = f"device {name} at {endpoint}"
+    client = Client(endpoint, timeout=timeout, watchdog_intervall=watchdog_interval)
+    client.name = client.description = f"linetap {name}"
+    client.application_uri = f"urn:linetap:{name}"
+    client.session_timeout = 60_000
+    try:
+        if security.policy != "None":
+            await _apply_security(client, security, timeout, where)
+        if security.username:
+            client.set_user(security.username)
+            pw = security.password_value()
+            if pw is not None:
+                client.set_password(pw)
+        await asyncio.wait_for(client.connect(), timeout)
+    except DriverError:
+        await _quiet_disconnect(client)
+        raise
+    except BaseException as exc:
+        await _quiet_disconnect(client)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise _connect_error(where, exc, timeout) from None
+    return client
+
+
+def _connect_error(where: str, exc: BaseException, timeout: float) -> DriverError:
+    from asyncua import ua
+
+    msg = f"cannot connect to {where}: {describe_error(exc, timeout)}"
+    if isinstance(exc, ua.UaStatusCodeError):
+        name = status_name(getattr(exc, "code", 0))
+        if name.startswith(("BadUser", "BadIdentity", "BadCertificate", "BadSecurity")):
+            return DriverError(msg)  # a configuration problem: retrying as-is will not help
+    return DeviceUnreachable(msg)
+
+
+async def _apply_security(client, security: OpcUaSecurity, timeout: float, where: str) -> None:
+    from asyncua import ua
+    from asyncua.crypto import security_policies, uacrypto
+
+    policy_cls = getattr(security_policies, _POLICY_CLASS[security.policy])
+    mode = getattr(ua.MessageSecurityMode, security.effective_mode)
+    for label, path in (("certificate", security.certificate), ("private_key", security.private_key)):
+        if path is None or not Path(path).is_file():
+            raise DriverError(f"{where}: security {label} file {path} not found "
+                              "(create one with `linetap certs create`)")
+    try:
+        own_cert = await uacrypto.load_certificate(str(security.certificate))
+    except Exception as err:
+        raise DriverError(f"{where}: cannot load certificate {security.certificate}: {err}") from None
+    uris = _cert_uris(own_cert)
+    if uris:
+        client.application_uri = uris[0]  # must match the certificate, or servers reject the session
+    try:
+        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise DeviceUnreachable(f"cannot connect to {where}: {describe_error(exc, timeout)}") from None
+    chosen = None
+    for ep in endpoints:
+        if ep.SecurityPolicyUri == policy_cls.URI and ep.SecurityMode == mode:
+            chosen = ep
+            break
+    if chosen is None:
+        offered = sorted({f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}" for ep in endpoints})
+        raise DeviceConfigError(f"{where}: the server offers no endpoint with {security.policy}/"
+                                f"{security.effective_mode}; it offers {', '.join(offered)}")
+    from asyncua.client.client import _first_cert_from_chain
+
+    server_der = _first_cert_from_chain(chosen.ServerCertificate)
+    await check_server_trusted(server_der, security, where)
+    pk_password = security.private_key_password.get_secret_value() if security.private_key_password else None
+    try:
+        await client.set_security(policy_cls, str(security.certificate), str(security.private_key),
+                                  pk_password, server_der, mode)
+    except Exception as err:
+        raise DriverError(f"{where}: cannot use certificate/key {security.certificate}, {security.private_key}: "
+                          f"{err}") from None
+
+
+def _cert_uris(cert) -> list[str]:
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+async def check_server_trusted(server_der: bytes, security: OpcUaSecurity, where: str) -> None:
+    """Raise DriverError unless the server certificate is the configured one or in the trust folder."""
+    from asyncua.crypto import uacrypto
+    from cryptography.hazmat.primitives import hashes
+
+    cert = uacrypto.x509_from_der(server_der)
+    thumb = cert.fingerprint(hashes.SHA1()).hex()
+    subject = cert.subject.rfc4514_string()
+    now = _dt.datetime.now(_dt.UTC)
+    if security.server_certificate is not None:
+        try:
+            pinned = await uacrypto.load_certificate(str(security.server_certificate))
+        except Exception as err:
+            raise DriverError(f"{where}: cannot load server_certificate {security.server_certificate}: {err}") from None
+        if uacrypto.der_from_x509(pinned) == server_der:
+            _check_validity(cert, now, where)
+            return
+    if security.trust_dir is not None:
+        from asyncua.crypto.truststore import TrustStore
+
+        if not Path(security.trust_dir).is_dir():
+            raise DriverError(f"{where}: trust_dir {security.trust_dir} is not a folder")
+        store = TrustStore([Path(security.trust_dir)], [])
+        try:
+            await store.load()
+            trusted = store.validate(cert)
+        except Exception:
+            trusted = False
+        if trusted:
+            _check_validity(cert, now, where)
+            return
+    places = " or ".join(str(p) for p in (security.server_certificate, security.trust_dir) if p is not None)
+    raise DriverError(f"{where}: server certificate not trusted (subject {subject}, SHA-1 thumbprint {thumb}); "
+                      f"it is not the one in {places}. If this is the right server, put its certificate there.")
+
+
+def _check_validity(cert, now: _dt.datetime, where: str) -> None:
+    if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
+        raise DriverError(f"{where}: server certificate is trusted but not valid now (valid "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+
+
+async def _quiet_disconnect(client) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), 2.0)
+    except BaseException:
+        pass
+    try:
+        client.disconnect_socket()
+    except BaseException:
+        pass
+    for task_name in ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task"):
+        task = getattr(client, task_name, None)
+        if task is not None and not task.done():
+            task.cancel()
+
+
+async def read_operation_limits(client) -> dict[str, int]:
+    """The server's OperationLimits (0 = no limit or not published)."""
+    from asyncua import ua
+
+    names = ["MaxNodesPerRead", "MaxMonitoredItemsPerCall", "MaxNodesPerBrowse",
+             "MaxNodesPerTranslateBrowsePathsToNodeIds"]
+    ids = [ua.NodeId(getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{n}")) for n in names]
+    out = dict.fromkeys(names, 0)
+    try:
+        results = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
+    except Exception:
+        return out
+    for n, dv in zip(names, results):
+        if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            continue
+        v = dv.Value.Value if dv.Value is not None else None
+        if isinstance(v, int) and v > 0:
+            out[n] = v
+    return out
+
+
+def _chunks(seq: list, size: int):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+class OpcUaDriver(Driver):
+    """One OPC UA server: subscribe (default) or poll every tag; samples in tag order per batch."""
+
+    def __init__(self, config: OpcUaDeviceConfig) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self._names = [t.name for t in config.tags]
+        self._client = None
+        self._where = f"device {config.name} at {config.endpoint}"
+        self._queue: asyncio.Queue[SampleBatch | _Lost] = asyncio.Queue()
+        self._generation = 0
+        self._last_publish = 0.0
+        self._nodeids: list[Any] = []  # resolved ua.NodeId per tag (None: unresolved)
+        self._resolve_errors: dict[int, str] = {}
+        self._item_errors: dict[int, str] = {}
+        self._limits: dict[str, int] = {}
+        self._subscription_id: int | None = None
+        self._revised_publishing_interval: float | None = None
+        #: engineering unit per tag: from the tag map, else the node's EUInformation (None if neither)
+        self.units: dict[str, str | None] = {t.name: t.unit for t in config.tags}
+        #: notifications received since the driver was created (all connections)
+        self.notifications = 0
+        self.publish_responses = 0
+
+    @property
+    def tag_names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def operation_limits(self) -> dict[str, int]:
+        return dict(self._limits)
+
+    def _per_call(self, server_limit_name: str) -> int:
+        server = self._limits.get(server_limit_name, 0)
+        cap = self.config.max_items_per_call
+        if server > 0:
+            return min(server, cap) if cap else server
+        return cap or DEFAULT_ITEMS_PER_CALL
+
+    # --- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.close()
+        cfg = self.config
+        self._generation += 1
+        gen = self._generation
+        self._queue = asyncio.Queue()
+        self._item_errors = {}
+        watchdog = min(max(cfg.timeout / 2, 0.5), 2.0)
+        client = await open_client(cfg.name, cfg.endpoint, cfg.security, cfg.timeout, watchdog)
+        self._client = client
+
+        async def on_lost(exc: Exception) -> None:
+            if gen == self._generation:
+                self._queue.put_nowait(_Lost(describe_error(exc, cfg.timeout) if str(exc) or not isinstance(
+                    exc, ConnectionError) else "connection closed"))
+
+        client.connection_lost_callback = on_lost
+        try:
+            self._limits = await read_operation_limits(client)
+            await self._resolve_nodes(client)
+            if cfg.read_units:
+                await self._read_units(client)
+            if cfg.mode == "subscribe":
+                await self._subscribe(client, gen)
+        except DriverError:
+            await self.close()
+            raise
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise DeviceUnreachable(f"{self._where}: setting up failed: {describe_error(exc, cfg.timeout)}") from None
+        bad = {**self._resolve_errors, **self._item_errors}
+        if bad:
+            idx = sorted(bad)
+            self._queue.put_nowait(SampleBatch(
+                device=self.name, tag=[self._names[i] for i in idx], value=[None] * len(idx),
+                quality=[Quality.BAD] * len(idx), reason=[bad[i] for i in idx], agent_ts=now_us()))
+            log.warning("opcua tags not available", device=self.name, count=len(idx),
+                        first=f"{self._names[idx[0]]}: {bad[idx[0]]}")
+        self._last_publish = time.monotonic()
+        log.info("opcua connected", device=cfg.name, endpoint=cfg.endpoint, mode=cfg.mode, tags=len(self._names),
+                 security=f"{cfg.security.policy}/{cfg.security.effective_mode}",
+                 items_per_call=self._per_call("MaxMonitoredItemsPerCall" if cfg.mode == "subscribe"
+                                               else "MaxNodesPerRead"))
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._generation += 1
+        self._subscription_id = None
+        if client is not None:
+            client.connection_lost_callback = None
+            await _quiet_disconnect(client)
+
+    def _lost(self, cause: str) -> DeviceUnreachable:
+        return DeviceUnreachable(f"connection to {self._where} lost: {cause}")
+
+    # --- node resolution -----------------------------------------------------------------
+
+    async def _resolve_nodes(self, client) -> None:
+        from asyncua import ua
+
+        cfg = self.config
+        ns_array: list[str] = await client.get_namespace_array()
+        self._nodeids = [None] * len(cfg.tags)
+        self._resolve_errors = {}
+        default_ns = None
+        if cfg.namespace is not None:
+            if cfg.namespace not in ns_array:
+                raise DeviceConfigError(f"{self._where}: namespace {cfg.namespace!r} is not on the server "
+                                        f"(it has {', '.join(ns_array)})")
+            default_ns = ns_array.index(cfg.namespace)
+        children_cache: dict[Any, list] = {}
+        for i, tag in enumerate(cfg.tags):
+            kind, ref = parse_node_ref(tag.node)
+            if kind == "nodeid":
+                uri = getattr(ref, "NamespaceUri", None)
+                if uri:
+                    if uri not in ns_array:
+                        self._resolve_errors[i] = f"BadNodeIdUnknown: namespace {uri} not on the server"
+                        continue
+                    ref = ua.NodeId(ref.Identifier, ns_array.index(uri), ref.NodeIdType)
+                elif isinstance(ref, ua.ExpandedNodeId):
+                    ref = ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
+                self._nodeids[i] = ref
+            else:
+                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache)
+                if err:
+                    self._resolve_errors[i] = f"BadNoMatch: browse path {tag.node!r}: {err}"
+                self._nodeids[i] = nodeid
+
+    async def _walk_path(self, client, segments, default_ns, cache) -> tuple[Any, str | None]:
+        from asyncua import ua
+
+        current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        for ns, name in segments:
+            ns = default_ns if ns is None else ns
+            children = cache.get(current)
+            if children is None:
+                refs = await client.get_node(current).get_children_descriptions()
+                children = [(r.BrowseName.NamespaceIndex, r.BrowseName.Name, r.NodeId) for r in refs]
+                cache[current] = children
+            matches = [nid for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
+            if not matches:
+                return None, f"no child {name!r} under {current.to_string()}"
+            current = matches[0]
+        return current, None
+
+    async def _read_units(self, client) -> None:
+        """EUInformation.DisplayName (or Description) for tags without a configured unit."""
+        from asyncua import ua
+
+        todo = [i for i, t in enumerate(self.config.tags) if t.unit is None and self._nodeids[i] is not None]
+        if not todo:
+            return
+        per_call = self._per_call("MaxNodesPerTranslateBrowsePathsToNodeIds")
+        eu_ids: list[tuple[int, Any]] = []
+        for chunk in _chunks(todo, per_call):
+            paths = []
+            for i in chunk:
+                rel = ua.RelativePath(Elements=[ua.RelativePathElement(
+                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty), IsInverse=False, IncludeSubtypes=True,
+                    TargetName=ua.QualifiedName("EngineeringUnits", 0))])
+                paths.append(ua.BrowsePath(StartingNode=self._nodeids[i], RelativePath=rel))
+            try:
+                results = await client.uaclient.translate_browsepaths_to_nodeids(paths)
+            except Exception as exc:
+                log.info("opcua units not read", device=self.name, cause=describe_error(exc))
+                return
+            for i, res in zip(chunk, results):
+                if res.StatusCode.is_good() and res.Targets:
+                    eu_ids.append((i, res.Targets[0].TargetId))
+        read_per_call = self._per_call("MaxNodesPerRead")
+        for chunk in _chunks(eu_ids, read_per_call):
+            nodeids = [ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType) for _, t in chunk]
+            try:
+                values = await client.uaclient.read_attributes(nodeids, ua.AttributeIds.Value)
+            except Exception:
+                return
+            for (i, _), dv in zip(chunk, values):
+                eu = dv.Value.Value if dv.Value is not None else None
+                if eu is None:
+                    continue
+                text = getattr(getattr(eu, "DisplayName", None), "Text", None) or \
+                    getattr(getattr(eu, "Description", None), "Text", None)
+                if text:
+                    self.units[self.config.tags[i].name] = text
+
+    # --- subscribe -----------------------------------------------------------------------
+
+    async def _subscribe(self, client, gen: int) -> None:
+        from asyncua import ua
+
+        cfg = self.config
+        pub_ms = cfg.publishing_interval * 1000
+        keepalive_count = max(1, math.ceil(cfg.keepalive * 1000 / pub_ms))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=pub_ms,
+            RequestedLifetimeCount=keepalive_count * 10,
+            RequestedMaxKeepAliveCount=keepalive_count,
+            MaxNotificationsPerPublish=0,  # no limit: one publish carries one cycle's changes
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        names, convert, queue = self._names, self._convert_dv, self._queue
+
+        def on_publish(result: ua.PublishResult) -> None:
+            if gen != self._generation:
+                return
+            self._last_publish = time.monotonic()
+            self.publish_responses += 1
+            data = result.NotificationMessage.NotificationData
+            if not data:
+                return
+            agent_ts = now_us()
+            tags: list[str] = []
+            values: list[Any] = []
+            quality: list[int] = []
+            reason: list[str | None] = []
+            source: list[int | None] = []
+            for notif in data:
+                items = getattr(notif, "MonitoredItems", None)
+                if items is not None:
+                    for item in items:
+                        h = item.ClientHandle - 1
+                        if 0 <= h < len(names):
+                            v, q, r, s = convert(item.Value)
+                            tags.append(names[h])
+                            values.append(v)
+                            quality.append(q)
+                            reason.append(r)
+                            source.append(s)
+                elif isinstance(notif, ua.StatusChangeNotification):
+                    queue.put_nowait(_Lost(f"subscription ended by the server ({notif.Status.name})"))
+            if tags:
+                self.notifications += len(tags)
+                queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
+                                             reason=reason, agent_ts=agent_ts, source_ts=source))
+
+        result = await client.uaclient.create_subscription(params, on_publish)
+        self._subscription_id = result.SubscriptionId
+        self._revised_publishing_interval = result.RevisedPublishingInterval
+        default_sampling = cfg.publishing_interval if cfg.sampling_interval is None else cfg.sampling_interval
+        requests = []
+        for i, tag in enumerate(cfg.tags):
+            nodeid = self._nodeids[i]
+            if nodeid is None:
+                continue
+            deadband = tag.deadband or cfg.deadband
+            mparams = ua.MonitoringParameters(
+                ClientHandle=i + 1,
+                SamplingInterval=(tag.sampling_interval if tag.sampling_interval is not None
+                                  else default_sampling) * 1000,
+                QueueSize=cfg.queue_size,
+                DiscardOldest=True,
+            )
+            if deadband is not None and deadband.value > 0:
+                mparams.Filter = ua.DataChangeFilter(
+                    Trigger=ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=(ua.DeadbandType.Absolute if deadband.type == "absolute"
+                                  else ua.DeadbandType.Percent),
+                    DeadbandValue=deadband.value,
+                )
+            requests.append((i, ua.MonitoredItemCreateRequest(
+                ItemToMonitor=ua.ReadValueId(NodeId=nodeid, AttributeId=ua.AttributeIds.Value),
+                MonitoringMode=ua.MonitoringMode.Reporting,
+                RequestedParameters=mparams,
+            )))
+        per_call = self._per_call("MaxMonitoredItemsPerCall")
+        for chunk in _chunks(requests, per_call):
+            cparams = ua.CreateMonitoredItemsParameters(
+                SubscriptionId=self._subscription_id,
+                ItemsToCreate=[r for _, r in chunk],
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+            )
+            try:
+                results = await client.uaclient.create_monitored_items(cparams)
+            except ua.UaStatusCodeError as exc:
+                raise DeviceConfigError(
+                    f"{self._where}: the server refused {len(chunk)} monitored items in one call "
+                    f"({describe_error(exc)}); set max_items_per_call lower") from None
+            for (i, _), res in zip(chunk, results):
+                if not res.StatusCode.is_good():
+                    self._item_errors[i] = res.StatusCode.name
+
+    # --- poll ----------------------------------------------------------------------------
+
+    async def read(self) -> SampleBatch:
+        """One Read of every tag (chunked to the server's MaxNodesPerRead)."""
+        from asyncua import ua
+
+        client = self._client
+        if client is None:
+            raise self._lost("not connected")
+        agent_ts = now_us()
+        n = len(self._names)
+        values: list[Any] = [None] * n
+        quality: list[int] = [Quality.BAD] * n
+        reason: list[str | None] = [None] * n
+        source: list[int | None] = [None] * n
+        for i, why in self._resolve_errors.items():
+            reason[i] = why
+        todo = [i for i in range(n) if self._nodeids[i] is not None]
+        per_call = self._per_call("MaxNodesPerRead")
+        convert = self._convert_dv
+        for chunk in _chunks(todo, per_call):
+            rparams = ua.ReadParameters(
+                MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
+                NodesToRead=[ua.ReadValueId(NodeId=self._nodeids[i], AttributeId=ua.AttributeIds.Value)
+                             for i in chunk])
+            try:
+                results = await asyncio.wait_for(client.uaclient.read(rparams), self.config.timeout)
+            except ua.UaStatusCodeError as exc:
+                name = status_name(getattr(exc, "code", 0))
+                if name in ("BadSessionIdInvalid", "BadSessionClosed", "BadSecureChannelClosed",
+                            "BadConnectionClosed", "BadServerHalted", "BadShutdown",
+                            "BadSecureChannelIdInvalid"):
+                    raise self._lost(describe_error(exc)) from None
+                for i in chunk:
+                    reason[i] = name
+                continue
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException as exc:
+                raise self._lost(describe_error(exc, self.config.timeout)) from None
+            for i, dv in zip(chunk, results):
+                values[i], quality[i], reason[i], source[i] = convert(dv)
+        return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
+                           reason=reason, agent_ts=agent_ts, source_ts=source)
+
+    # --- samples -------------------------------------------------------------------------
+
+    async def samples(self) -> AsyncIterator[SampleBatch]:
+        if self._client is None:
+            raise self._lost("not connected")
+        if self.config.mode == "poll":
+            async for batch in self._poll_loop():
+                yield batch
+            return
+        queue = self._queue
+        keepalive = self.config.keepalive
+        stale_after = 3 * max(keepalive, self.config.publishing_interval) + self.config.timeout
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    item = await asyncio.wait_for(queue.get(), keepalive)
+                except (TimeoutError, asyncio.TimeoutError):
+                    silent = time.monotonic() - self._last_publish
+                    if silent > stale_after:
+                        await self.close()
+                        raise self._lost(f"no publish response for {silent:.1f}s") from None
+                    continue
+            if type(item) is _Lost:
+                await self.close()
+                raise self._lost(item.reason)
+            yield item
+
+    async def _poll_loop(self) -> AsyncIterator[SampleBatch]:
+        interval = self.config.poll_interval
+        queue = self._queue
+        next_at = time.monotonic()
+        while True:
+            # Batches queued at connect (tags that could not be resolved) and loss notices first.
+            while not queue.empty():
+                item = queue.get_nowait()
+                if type(item) is _Lost:
+                    await self.close()
+                    raise self._lost(item.reason)
+                yield item
+            try:
+                batch = await self.read()
+            except DeviceUnreachable:
+                await self.close()
+                raise
+            yield batch
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:
+                next_at += (int((now - next_at) // interval) + 1) * interval
+            try:
+                item = await asyncio.wait_for(queue.get(), next_at - now)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            if type(item) is _Lost:
+                await self.close()
+                raise self._lost(item.reason)
+            yield item
+
+    # --- decoding ------------------------------------------------------------------------
+
+    @staticmethod
+    def _convert_dv(dv) -> tuple[Any, int, str | None, int | None]:
+        """(value, quality, reason, source_ts) of one DataValue."""
+        sc = dv.StatusCode
+        code = sc.value if sc is not None else 0
+        variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        ts = dv.SourceTimestamp or dv.ServerTimestamp
+        src = _us(ts) if ts is not None else None
+        severity = code & 0xC0000000
+        if severity >= 0x80000000:
+            return None, Quality.BAD, status_name(code), src
+        t = type(raw)
+        if t is float or t is int or t is bool or t is str:
+            value, why = raw, None
+        else:
+            value, why = convert_value(raw)
+        if severity == 0x40000000:
+            return value, Quality.UNCERTAIN, status_name(code), src
+        if value is None:
+            return None, Quality.UNCERTAIN, "no value (null)", src
+        if why is not None:
+            return value, Quality.UNCERTAIN, why, src
+        return value, Quality.GOOD, None, src

@@ -1,0 +1,511 @@
+"""The heat-sealing station served over OPC UA (asyncua server), with fault injection for tests.
+
+Address space (namespace `NAMESPACE_URI`; node ids are strings, e.g. `ns=2;s=Sealer1.Temperature`)::
+
+    Objects/
+      Line/                       (folder)
+        Sealer1/                  (object)
+          Temperature   Double   degC  EURange 0..300   seal temperature
+          Pressure      Double   bar   EURange 0..10    seal pressure (0 while idle)
+          DwellTime     Double   s     EURange 0..10    hold time of the last completed unit
+          SerialNumber  String         serial number of the current/last unit
+          OperatorId    String         operator badge
+          CycleActive   Boolean        sealing (ramp + hold)
+          UnitCount     UInt32         completed units
+          State         Int32          0 idle, 1 ramp, 2 hold
+          Setpoint      Double   degC  temperature setpoint
+          Rejects       UInt32         completed units made out of limits
+        Known/                    (folder) one variable per built-in type, fixed values (KNOWN_VALUES)
+        Bulk/                     (folder, only with bulk_count > 0) B00000... Double, i + sin(t + i/10)
+
+Process variables carry EngineeringUnits (EUInformation, UNECE codes) and EURange properties.
+Values are written from the model every `update_interval` seconds (only the ones that changed),
+with SourceTimestamp = the time of the update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
+
+from .station import State, StationModel, StationSnapshot
+
+log = structlog.get_logger("linetap.simulators.opcua")
+
+NAMESPACE_URI = "urn:linetap:simulator:heat-sealer"
+
+# (browse name, StationSnapshot field, variant type, unit (UNECE common code, symbol), EURange)
+STATION_VARIABLES: list[tuple[str, str, ua.VariantType, tuple[str, str] | None, tuple[float, float] | None]] = [
+    ("Temperature", "temperature", ua.VariantType.Double, ("CEL", "degC"), (0.0, 300.0)),
+    ("Pressure", "pressure", ua.VariantType.Double, ("BAR", "bar"), (0.0, 10.0)),
+    ("DwellTime", "dwell", ua.VariantType.Double, ("SEC", "s"), (0.0, 10.0)),
+    ("SerialNumber", "serial", ua.VariantType.String, None, None),
+    ("OperatorId", "operator", ua.VariantType.String, None, None),
+    ("CycleActive", "cycle_active", ua.VariantType.Boolean, None, None),
+    ("UnitCount", "unit_count", ua.VariantType.UInt32, None, None),
+    ("State", "state", ua.VariantType.Int32, None, None),
+    ("Setpoint", "setpoint", ua.VariantType.Double, ("CEL", "degC"), (0.0, 300.0)),
+    ("Rejects", "rejects", ua.VariantType.UInt32, None, None),
+]
+
+# Tag-map entries for the station (what `linetap browse` finds, with linetap's tag names).
+STATION_OPCUA_TAGS: list[dict[str, Any]] = [
+    {"name": name, "node": f"nsu={NAMESPACE_URI};s=Sealer1.{browse}", **({"unit": unit[1]} if unit else {})}
+    for browse, name, _, unit, _ in STATION_VARIABLES
+]
+
+_T0 = _dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.UTC)
+# browse name -> (variant type, served value, value the driver records)
+KNOWN_VALUES: dict[str, tuple[ua.VariantType, Any, Any]] = {
+    "Boolean": (ua.VariantType.Boolean, True, True),
+    "SByte": (ua.VariantType.SByte, -12, -12),
+    "Byte": (ua.VariantType.Byte, 250, 250),
+    "Int16": (ua.VariantType.Int16, -32000, -32000),
+    "UInt16": (ua.VariantType.UInt16, 65000, 65000),
+    "Int32": (ua.VariantType.Int32, -2_000_000_000, -2_000_000_000),
+    "UInt32": (ua.VariantType.UInt32, 4_000_000_000, 4_000_000_000),
+    "Int64": (ua.VariantType.Int64, -(2**62), -(2**62)),
+    "UInt64": (ua.VariantType.UInt64, 2**64 - 2, 2**64 - 2),
+    "Float": (ua.VariantType.Float, 1.5, 1.5),
+    "Double": (ua.VariantType.Double, 12345.678901234567, 12345.678901234567),
+    "String": (ua.VariantType.String, "Héllo PLC", "Héllo PLC"),
+    "DateTime": (ua.VariantType.DateTime, _T0, "2026-01-02T03:04:05.678000Z"),
+    "ByteString": (ua.VariantType.ByteString, b"\x00\x01\xfe\xff", "0001feff"),
+    "LocalizedText": (ua.VariantType.LocalizedText, ua.LocalizedText("Sealer one", "en"), "Sealer one"),
+    "DoubleArray": (ua.VariantType.Double, [1.0, 2.5, -3.0], "[1.0, 2.5, -3.0]"),
+    "Int32Array": (ua.VariantType.Int32, [1, 2, 3], "[1, 2, 3]"),
+    "StringArray": (ua.VariantType.String, ["a", "b"], '["a", "b"]'),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Operation limits (enforced, for the driver's chunking)
+# --------------------------------------------------------------------------------------------
+
+
+class _LimitedSession(InternalSession):
+    """A session that refuses Read / CreateMonitoredItems / Browse calls above the server's limits."""
+
+    def _check(self, kind: str, n: int) -> None:
+        limit = getattr(self.iserver, "op_limits", {}).get(kind, 0)
+        if limit and n > limit:
+            self.iserver.refused_calls += 1
+            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
+
+    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        self._check("MaxNodesPerRead", len(params.NodesToRead))
+        self.iserver.read_calls += 1
+        return await super().read(params)
+
+    async def create_monitored_items(self, params: ua.CreateMonitoredItemsParameters):
+        self._check("MaxMonitoredItemsPerCall", len(params.ItemsToCreate))
+        self.iserver.create_item_calls += 1
+        return await super().create_monitored_items(params)
+
+    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        self._check("MaxNodesPerBrowse", len(params.NodesToBrowse))
+        return await super().browse(params)
+
+
+class _SimInternalServer(InternalServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.op_limits: dict[str, int] = {}
+        self.refused_calls = 0
+        self.read_calls = 0
+        self.create_item_calls = 0
+
+    def create_session(self, name: str, user: User = User(role=UserRole.Anonymous),
+                       external: bool = False) -> InternalSession:
+        if not external:
+            return super().create_session(name, user=user, external=external)
+        return _LimitedSession(self, self.aspace, self.subscription_service, name, user=user, external=external)
+
+
+class _PasswordUserManager:
+    def __init__(self, users: dict[str, str], allow_anonymous: bool) -> None:
+        self.users = users
+        self.allow_anonymous = allow_anonymous
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if username is None:
+            return User(role=UserRole.User) if self.allow_anonymous else None
+        if username in self.users and self.users[username] == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+class OpcUaStationServer:
+    """Serves a `StationModel` over OPC UA on `host:port` (port 0: a free port, kept across restarts).
+
+    Security (optional): give `certificate` + `private_key` (server's) and `secure_only=True` to
+    offer only SignAndEncrypt endpoints; `users={name: password}` requires a user login
+    (anonymous refused); `trust_dir` (client certificates) makes the server refuse clients whose
+    certificate is not in it.
+    """
+
+    def __init__(
+        self,
+        model: StationModel,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] | None = None,
+        speed: float = 1.0,
+        update_interval: float = 0.05,
+        bulk_count: int = 0,
+        bulk_interval: float = 0.1,
+        operation_limits: dict[str, int] | None = None,
+        certificate: str | Path | None = None,
+        private_key: str | Path | None = None,
+        secure_only: bool = False,
+        users: dict[str, str] | None = None,
+        trust_dir: str | Path | None = None,
+        application_uri: str = "urn:linetap:simulator:heat-sealer:server",
+    ) -> None:
+        self.model = model
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._clock = clock
+        self._speed = speed
+        self._t0: float | None = None
+        self.update_interval = update_interval
+        self.bulk_count = bulk_count
+        self.bulk_interval = bulk_interval
+        self.operation_limits = dict(operation_limits or {})
+        self.certificate = certificate
+        self.private_key = private_key
+        self.secure_only = secure_only
+        self.users = users
+        self.trust_dir = trust_dir
+        self.application_uri = application_uri
+        self._server: Server | None = None
+        self._iserver: _SimInternalServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._bulk_task: asyncio.Task[None] | None = None
+        self.ns: int = 2
+        self._nodes: dict[str, ua.NodeId] = {}  # browse name -> node id (station variables)
+        self._bulk_nodes: list[ua.NodeId] = []
+        self._served: dict[str, tuple[Any, int]] = {}  # browse name -> (value, status) last written
+        self._frozen: dict[str, Any] = {}
+        self._status: dict[str, int] = {}
+        self.writes = 0  # value writes since start (all nodes)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def node_id(self, name: str) -> str:
+        """`nsu=...;s=Sealer1.<name>` for a station variable's browse name."""
+        return f"nsu={NAMESPACE_URI};s=Sealer1.{name}"
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        port = self._port if self._port is not None else self._requested_port
+        user_manager = _PasswordUserManager(self.users, allow_anonymous=False) if self.users else None
+        iserver = _SimInternalServer(user_manager=user_manager)
+        server = Server(iserver=iserver)
+        await server.init()
+        server.set_endpoint(f"opc.tcp://{self.host}:{port}")
+        server.set_server_name("linetap heat-sealer simulator")
+        await server.set_application_uri(self.application_uri)
+        if self.certificate is not None:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
+        if self.secure_only:
+            server.set_security_policy([
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+            ])
+        elif self.certificate is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.users:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        if self.trust_dir is not None:
+            from asyncua.crypto.truststore import TrustStore
+            from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+            store = TrustStore([Path(self.trust_dir)], [])
+            await store.load()
+            server.set_certificate_validator(CertificateValidator(
+                CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
+        # No ClientAndServer: a plain server.
+        server.application_type = ua.ApplicationType.Server
+        self.ns = await server.register_namespace(NAMESPACE_URI)
+        await self._build(server)
+        await self._write_limits(server)
+        iserver.op_limits = dict(self.operation_limits)
+        await server.start()
+        self._server, self._iserver = server, iserver
+        bound = server.bserver.port if server.bserver is not None else port
+        self._port = bound
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        self._served.clear()
+        await self._update()
+        self._task = asyncio.create_task(self._run(), name="opcua-sim-update")
+        if self._bulk_nodes:
+            self._bulk_task = asyncio.create_task(self._run_bulk(), name="opcua-sim-bulk")
+        log.info("opcua simulator listening", endpoint=self.endpoint, namespace=NAMESPACE_URI,
+                 secure_only=self.secure_only, users=bool(self.users), bulk=self.bulk_count)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        for task in (self._task, self._bulk_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._task = self._bulk_task = None
+        if server is None:
+            return
+        with contextlib.suppress(Exception):
+            await server.stop()
+        await asyncio.sleep(0)
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down for `down_for` seconds, start again on the same port."""
+        await self.stop()
+        if down_for:
+            await asyncio.sleep(down_for)
+        await self.start()
+
+    async def __aenter__(self) -> OpcUaStationServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- address space ---------------------------------------------------------------------
+
+    async def _build(self, server: Server) -> None:
+        ns = self.ns
+        objects = server.nodes.objects
+        line = await objects.add_folder(ua.NodeId("Line", ns), ua.QualifiedName("Line", ns))
+        sealer = await line.add_object(ua.NodeId("Sealer1", ns), ua.QualifiedName("Sealer1", ns))
+        self._nodes = {}
+        snap = self.model.snapshot()
+        for browse, field, vtype, unit, eurange in STATION_VARIABLES:
+            nid = ua.NodeId(f"Sealer1.{browse}", ns)
+            var = await sealer.add_variable(nid, ua.QualifiedName(browse, ns),
+                                            ua.Variant(_field_value(snap, field), vtype))
+            if unit is not None:
+                await var.add_property(ua.NodeId(f"Sealer1.{browse}.EngineeringUnits", ns),
+                                       ua.QualifiedName("EngineeringUnits", 0), _eu_information(*unit))
+            if eurange is not None:
+                await var.add_property(ua.NodeId(f"Sealer1.{browse}.EURange", ns), ua.QualifiedName("EURange", 0),
+                                       ua.Range(Low=eurange[0], High=eurange[1]))
+            self._nodes[browse] = nid
+        known = await line.add_folder(ua.NodeId("Known", ns), ua.QualifiedName("Known", ns))
+        for browse, (vtype, value, _) in KNOWN_VALUES.items():
+            await known.add_variable(ua.NodeId(f"Known.{browse}", ns), ua.QualifiedName(browse, ns),
+                                     ua.Variant(value, vtype))
+        self._bulk_nodes = []
+        if self.bulk_count:
+            bulk = await line.add_folder(ua.NodeId("Bulk", ns), ua.QualifiedName("Bulk", ns))
+            for i in range(self.bulk_count):
+                nid = ua.NodeId(f"Bulk.B{i:05d}", ns)
+                await bulk.add_variable(nid, ua.QualifiedName(f"B{i:05d}", ns), ua.Variant(float(i), ua.VariantType.Double))
+                self._bulk_nodes.append(nid)
+
+    async def _write_limits(self, server: Server) -> None:
+        for name, value in self.operation_limits.items():
+            nid = ua.NodeId(getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{name}"))
+            await server.write_attribute_value(nid, ua.DataValue(ua.Variant(int(value), ua.VariantType.UInt32)))
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def model_time(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        if self._t0 is None:
+            return 0.0
+        return (time.monotonic() - self._t0) * self._speed
+
+    def snapshot(self) -> StationSnapshot:
+        return self.model.step(self.model_time())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.update_interval)
+            try:
+                await self._update()
+            except Exception:  # never let the update loop die silently in a test
+                log.exception("opcua simulator update failed")
+
+    async def _update(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        snap = self.snapshot()
+        now = _dt.datetime.now(_dt.UTC)
+        for browse, field, vtype, _, _ in STATION_VARIABLES:
+            if browse in self._frozen:
+                continue
+            value = _field_value(snap, field)
+            status = self._status.get(browse, ua.StatusCodes.Good)
+            if self._served.get(browse) == (value, status):
+                continue
+            self._served[browse] = (value, status)
+            await server.write_attribute_value(self._nodes[browse], ua.DataValue(
+                ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+            self.writes += 1
+
+    async def _run_bulk(self) -> None:
+        while True:
+            await asyncio.sleep(self.bulk_interval)
+            server = self._server
+            if server is None:
+                return
+            t = self.model_time()
+            now = _dt.datetime.now(_dt.UTC)
+            for i, nid in enumerate(self._bulk_nodes):
+                value = round(i + math.sin(t + i / 10), 6)
+                await server.write_attribute_value(nid, ua.DataValue(
+                    ua.Variant(value, ua.VariantType.Double), SourceTimestamp=now, ServerTimestamp=now))
+            self.writes += len(self._bulk_nodes)
+
+    # --- fault injection -------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> int:
+        return len(self._iserver.asyncio_transports) if self._server and self._iserver else 0
+
+    def drop_sessions(self) -> int:
+        """Close every client connection (the listener stays up). Returns how many were closed."""
+        if self._iserver is None:
+            return 0
+        transports = list(self._iserver.asyncio_transports)
+        for t in transports:
+            with contextlib.suppress(Exception):
+                t.close()
+        return len(transports)
+
+    async def set_status(self, name: str, status: int | str = "BadSensorFailure") -> None:
+        """Serve station variable `name` (browse name, e.g. Temperature) with this StatusCode."""
+        self._check_name(name)
+        code = getattr(ua.StatusCodes, status) if isinstance(status, str) else int(status)
+        self._status[name] = code
+        self._frozen.pop(name, None)
+        await self._update()
+
+    async def clear_status(self, name: str | None = None) -> None:
+        if name is None:
+            self._status.clear()
+        else:
+            self._status.pop(name, None)
+        await self._update()
+
+    async def freeze(self, name: str, value: Any = None) -> None:
+        """Stop updating station variable `name`; with `value`, serve that value from now on."""
+        self._check_name(name)
+        if value is not None and self._server is not None:
+            vtype = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+            now = _dt.datetime.now(_dt.UTC)
+            await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
+                ua.Variant(value, vtype), SourceTimestamp=now, ServerTimestamp=now))
+        self._frozen[name] = value
+
+    async def unfreeze(self, name: str | None = None) -> None:
+        if name is None:
+            self._frozen.clear()
+        else:
+            self._frozen.pop(name, None)
+        self._served.clear()
+        await self._update()
+
+    async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good) -> None:
+        """Write station variable `name` once (freeze it first, or the model overwrites it)."""
+        self._check_name(name)
+        assert self._server is not None
+        vtype = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+        now = _dt.datetime.now(_dt.UTC)
+        await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
+            ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+
+    def _check_name(self, name: str) -> None:
+        if name not in {b for b, *_ in STATION_VARIABLES}:
+            raise ValueError(f"unknown station variable {name!r}; one of "
+                             f"{', '.join(b for b, *_ in STATION_VARIABLES)}")
+
+    @property
+    def stats(self) -> dict[str, int]:
+        i = self._iserver
+        return {"read_calls": i.read_calls, "create_item_calls": i.create_item_calls,
+                "refused_calls": i.refused_calls} if i else {}
+
+
+def _field_value(snap: StationSnapshot, field: str) -> Any:
+    value = getattr(snap, field)
+    if isinstance(value, State):
+        return int(value)
+    return value
+
+
+def _eu_information(code: str, symbol: str) -> ua.EUInformation:
+    unit_id = 0
+    for ch in code.ljust(3)[:3]:  # UNECE common code as the OPC UA UnitId (Part 8, 5.6.3)
+        unit_id = (unit_id << 8) | ord(ch)
+    return ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact", UnitId=unit_id,
+                            DisplayName=ua.LocalizedText(symbol), Description=ua.LocalizedText(symbol))
+
+
+async def serve_opcua(
+    host: str = "127.0.0.1",
+    port: int = 4840,
+    *,
+    cycle_time: float = 2.0,
+    out_of_limit_share: float = 0.1,
+    seed: int = 1,
+    bulk_count: int = 0,
+    bulk_interval: float = 0.1,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve a heat-sealing station until `stop` is set (or forever): `linetap simulate opcua`."""
+    model = StationModel(seed=seed, cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, keep_units=10_000)
+    server = OpcUaStationServer(model, host=host, port=port, bulk_count=bulk_count, bulk_interval=bulk_interval)
+    await server.start()
+    log.info("heat-sealer simulator running", endpoint=server.endpoint, namespace=NAMESPACE_URI,
+             cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)
+    try:
+        if stop is None:
+            await asyncio.Event().wait()
+        else:
+            await stop.wait()
+    finally:
+        await server.stop()
