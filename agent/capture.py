@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 import structlog
-
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig

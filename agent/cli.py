@@ -129,6 +129,65 @@ def demo(
                                             interval=interval))
 
 
+def _iso_to_us(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO date/time (e.g. 2026-11-24T08:00:00Z)",
+                                 param_hint=option) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)
+
+
+@app.command()
+def export(
+    config: Path = typer.Argument(..., help="line config (YAML)"),
+    stream: str = typer.Option(..., help="telemetry, units or events"),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (MQTT envelopes), csv or parquet"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="file to write (jsonl: default stdout)"),
+    from_seq: int | None = typer.Option(None, help="first seq"),
+    to_seq: int | None = typer.Option(None, help="last seq"),
+    since: str | None = typer.Option(None, help="from this time (ISO 8601; UTC if no zone)"),
+    until: str | None = typer.Option(None, help="before this time (ISO 8601)"),
+) -> None:
+    """Export a range of one stream from the buffer (stop the agent first: the buffer is locked while it runs)."""
+    from linetap.agent.export import export as do_export
+    from linetap.buffers import BufferError
+
+    if stream not in ("telemetry", "units", "events"):
+        raise typer.BadParameter("expected telemetry, units or events", param_hint="--stream")
+    if format not in ("jsonl", "csv", "parquet"):
+        raise typer.BadParameter("expected jsonl, csv or parquet", param_hint="--format")
+    cfg = _load_or_exit(config)
+    try:
+        n = do_export(cfg, stream, format, output, from_seq=from_seq, to_seq=to_seq,
+                      since_us=_iso_to_us(since, "--since"), until_us=_iso_to_us(until, "--until"))
+    except (BufferError, ValueError) as err:
+        typer.echo(f"linetap: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    typer.echo(f"exported {n} {stream} rows" + (f" to {output}" if output else ""), err=True)
+
+
+@app.command()
+def verify(files: list[Path] = typer.Argument(..., help="JSON Lines captures of the MQTT stream or exports")) -> None:
+    """Check captured records: hash chains, missing seqs, differing duplicates, order. Exit 1 on any finding."""
+    from linetap.agent.verify import render
+    from linetap.agent.verify import verify as do_verify
+
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        typer.echo(f"linetap: no such file: {', '.join(missing)}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    report = do_verify(files)
+    typer.echo(render(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import structlog
-
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
 from linetap.agent.records import Event, SampleBatch, now_us

@@ -26,7 +26,6 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
-
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
@@ -218,6 +217,34 @@ class DuckDBBuffer:
             [after_seq, limit],
         ).fetchall()
         return [StoredRecord(stream, s, i, r, orjson.loads(b), p, h) for s, i, r, b, p, h in rows]
+
+    def export_query(self, stream: str, from_seq: int | None = None, to_seq: int | None = None,
+                     since_us: int | None = None, until_us: int | None = None) -> tuple[str, list[Any]]:
+        """SQL (and parameters) selecting a range of a stream in seq order, for export."""
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r} (expected one of {', '.join(STREAMS)})")
+        ts_col = "agent_ts" if stream == "telemetry" else "recorded_at"
+        where, params = ["TRUE"], []
+        for cond, value in (("seq >= ?", from_seq), ("seq <= ?", to_seq), (f"{ts_col} >= ?", since_us),
+                            (f"{ts_col} < ?", until_us)):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        return f"SELECT * FROM {stream} WHERE {' AND '.join(where)} ORDER BY seq", params
+
+    def write_file(self, query: str, params: list[Any], path: Path, fmt: str) -> int:
+        """Write a query's rows as csv or parquet; returns the row count."""
+        rel = self._con.sql(query, params=params)
+        if fmt == "csv":
+            rel.write_csv(str(path))
+        elif fmt == "parquet":
+            rel.write_parquet(str(path))
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+        return self._con.sql(f"SELECT count(*) FROM ({query})", params=params).fetchall()[0][0]
+
+    def query_arrow(self, query: str, params: list[Any]) -> pa.Table:
+        return self._con.sql(query, params=params).to_arrow_table()
 
     # -- cursors --------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from linetap.agent.runtime import Agent
 from linetap.config.models import LineConfig
 from linetap.simulators import KNOWN_VALUES, STATION_TAGS

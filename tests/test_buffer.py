@@ -7,7 +7,6 @@ import threading
 
 import pyarrow as pa
 import pytest
-
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferError, DuckDBBuffer

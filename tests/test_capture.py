@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from linetap.agent.capture import CaptureEngine, StationAssembler
 from linetap.agent.records import Quality, SampleBatch
 from linetap.config.capture import StationCapture
 from linetap.config.models import LineConfig
+from pydantic import ValidationError
 
 TAGS = ["cycle_active", "serial", "operator", "temperature", "pressure", "dwell", "count"]
 

@@ -21,7 +21,6 @@ from agent_helpers import (
     telemetry_samples,
 )
 from fixtures_sim import ModelClock
-
 from linetap.buffers import DuckDBBuffer
 from linetap.simulators import KNOWN_VALUES, STATION_TAGS, ModbusStationServer, StationModel
 
