@@ -1,0 +1,462 @@
+"""The MQTT forwarder: buffer rows after the cursor -> QoS 1 publishes -> cursor on PUBACK.
+
+At least once, in order, per stream (`events`, `units`, `telemetry`):
+
+- Everything it sends was committed to the buffer first; the cursor of a stream moves only
+  to the highest seq below which every message is acknowledged (PUBACK), so after a crash
+  or a lost connection the forwarder resends from the cursor.
+- A bounded window: at most `mqtt.max_inflight` messages are unacknowledged (taken from the
+  buffer but not PUBACKed) at any time, across streams; paho's own `max_inflight_messages`
+  is the same number. Every `publish()` return code is checked.
+- Priority: events, then units, then telemetry. Before every telemetry message the
+  forwarder looks for new events/units (an in-memory counter, no query), so a telemetry
+  backlog delays an event by at most one window of acknowledgements.
+- One paho client per connection (clean session): after a reconnect, the messages the old
+  connection left unacknowledged are re-sent byte for byte (same id, same content, same
+  `sent_at`), in order, before anything new; paho never replays a stale queue of its own.
+
+Threads: paho's network thread (`loop_start`) only runs paho; its callbacks hand over to
+the event loop with `call_soon_threadsafe`. All state lives on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from linetap.agent.backoff import Backoff
+from linetap.agent.payload import (
+    STREAMS,
+    Topics,
+    encode_record,
+    encode_status,
+    encode_telemetry,
+    telemetry_chunk,
+)
+from linetap.agent.records import now_us
+
+log = structlog.get_logger("linetap.forwarder")
+
+RECORD_STREAMS = ("events", "units")
+CURSOR_FLUSH_INTERVAL = 0.1  # s: cursors are written at most this often while messages are in flight
+IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
+CONNECT_TIMEOUT = 10.0  # s: TCP + TLS + CONNACK
+SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs
+
+
+@dataclass
+class ForwarderStats:
+    connected: bool = False
+    broker: str = ""
+    messages_sent: int = 0  # publishes, re-sends included
+    samples_sent: int = 0  # telemetry samples in those publishes
+    resent: int = 0  # messages re-sent after a reconnect
+    acked: dict[str, int] = field(default_factory=dict)  # stream -> acknowledged seq (the cursor)
+    inflight: int = 0  # messages taken from the buffer and not yet acknowledged
+    reconnects: int = 0  # successful connections after the first
+    last_error: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Out:
+    """One message, from the moment it is taken from the buffer until its cursor passes it."""
+
+    stream: str
+    first: int
+    last: int
+    topic: str
+    payload: bytes
+    samples: int = 0
+    acked: bool = False
+    sent: bool = False  # sent at least once (for the `resent` statistic)
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+class MQTTForwarder:
+    """Forwards the buffer to the plant broker. `await run()` until cancelled; call `notify()` after appends."""
+
+    def __init__(self, config: Any, buffer: Any, sink: str = "mqtt") -> None:
+        self.config = config
+        self.mqtt = config.mqtt
+        self.buffer = buffer
+        self.sink = sink
+        self.agent = config.agent.id
+        self.topics = Topics.from_config(config)
+        self.window = self.mqtt.max_inflight
+        self.batch = self.mqtt.telemetry_batch
+        self.chunk_rows = max(self.batch, 20_000)
+        self.client_id = self.mqtt.client_id or f"linetap-{self.agent}"
+        self.stats = ForwarderStats(broker=f"{self.mqtt.host}:{self.mqtt.port}")
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._client: mqtt.Client | None = None
+        self._connack: asyncio.Future | None = None
+        self._lost: asyncio.Future | None = None
+        # thread -> loop hand-over of PUBACKs: (client, mid, failure reason or None)
+        self._acks: deque[tuple[mqtt.Client, int, str | None]] = deque()
+        self._ack_scheduled = False
+
+        self._pending: dict[str, deque[_Out]] = {s: deque() for s in STREAMS}  # seq order
+        self._to_send: deque[_Out] = deque()  # taken but not published on the current client
+        self._by_mid: dict[int, _Out] = {}
+        self._unacked = 0
+        self._read_pos: dict[str, int] = {}  # highest seq taken from the buffer
+        self._acked: dict[str, int] = {}  # cursor in memory
+        self._stored: dict[str, int] = {}  # cursor in the buffer
+        self._last_flush = 0.0
+        self._chunk = None  # telemetry rows read but not yet turned into messages
+        self._spans: deque[tuple[int, int]] = deque()
+        self._status_mid: int | None = None
+        self._status_acked: asyncio.Event | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New data is in the buffer: look now. Safe from any thread."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    async def run(self) -> None:
+        """Connect, forward, reconnect; until cancelled. On cancel: `offline` status, a short
+        wait for in-flight PUBACKs, the cursor stored, a clean DISCONNECT."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for stream in STREAMS:
+            seq = await self.buffer.cursor(self.sink, stream)
+            self._read_pos[stream] = self._acked[stream] = self._stored[stream] = seq
+        self.stats.acked = dict(self._acked)
+        backoff = Backoff(self.mqtt.reconnect_min, self.mqtt.reconnect_max)
+        connections = 0
+        retrying = False
+        try:
+            while True:
+                try:
+                    await self._connect()
+                except Exception as exc:  # noqa: BLE001 (unreachable, refused, TLS, bad files: retry, never crash)
+                    await self._teardown()
+                    self.stats.last_error = _describe(exc)
+                    if not isinstance(exc, OSError | TimeoutError | _ConnectionLost):
+                        log.exception("mqtt connect failed unexpectedly", broker=self.stats.broker)
+                    delay = backoff.next()
+                    if not retrying:
+                        log.warning("mqtt broker unreachable, retrying", broker=self.stats.broker,
+                                    error=self.stats.last_error, retry_in=round(delay, 2))
+                        retrying = True
+                    else:
+                        log.debug("mqtt connect failed", broker=self.stats.broker, error=self.stats.last_error,
+                                  retry_in=round(delay, 2))
+                    await self._flush_cursors(force=True)
+                    await asyncio.sleep(delay)
+                    continue
+                connections += 1
+                if connections > 1:
+                    self.stats.reconnects += 1
+                retrying = False
+                backoff.reset()
+                self.stats.connected = True
+                log.info("mqtt connected", broker=self.stats.broker, client_id=self.client_id,
+                         protocol=self.mqtt.protocol, tls=self.mqtt.tls is not None,
+                         resending=len(self._to_send), cursors=dict(self._acked))
+                try:
+                    await self._pump()
+                except _ConnectionLost as exc:
+                    self.stats.last_error = _describe(exc)
+                self.stats.connected = False
+                log.warning("mqtt connection lost", broker=self.stats.broker, error=self.stats.last_error,
+                            unacknowledged=self._unacked, cursors=dict(self._acked))
+                retrying = True  # loud once: the attempts that follow log at debug level
+                await self._teardown()
+                await self._flush_cursors(force=True)
+                await asyncio.sleep(backoff.next())
+        except asyncio.CancelledError:
+            await self._shutdown()
+            raise
+        except BaseException:
+            await self._teardown()
+            raise
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _new_client(self) -> mqtt.Client:
+        m = self.mqtt
+        v5 = m.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else True,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,  # reconnecting is ours: a new client each time
+        )
+        client.connect_timeout = CONNECT_TIMEOUT
+        client.max_inflight_messages_set(self.window)
+        client.max_queued_messages_set(0)  # unlimited: our window bounds it
+        if m.username is not None:
+            client.username_pw_set(m.username, m.password_value())
+        if m.tls is not None:
+            t = m.tls
+            client.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if t.insecure:
+                client.tls_insecure_set(True)
+        client.will_set(self.topics.status, encode_status(self.agent, "offline", now_us()), qos=1, retain=True)
+
+        loop = self._loop
+        client.on_connect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(self._on_connack, c, rc)
+        client.on_disconnect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(self._on_disconnect, c, rc)
+        client.on_publish = self._on_publish_thread
+        return client
+
+    async def _connect(self) -> None:
+        client = self._new_client()
+        self._client = client
+        self._connack = self._loop.create_future()
+        self._lost = self._loop.create_future()
+        self._by_mid.clear()
+        self._acks.clear()
+        kwargs: dict[str, Any] = {"keepalive": max(1, int(self.mqtt.keepalive))}
+        if self.mqtt.protocol == "5":
+            kwargs["clean_start"] = True
+        connect = asyncio.ensure_future(asyncio.to_thread(client.connect, self.mqtt.host, self.mqtt.port, **kwargs))
+        try:
+            await asyncio.shield(connect)
+        except asyncio.CancelledError:
+            # the blocking connect finishes in its thread; close whatever it opened
+            connect.add_done_callback(lambda _f: _close_quietly(client))
+            raise
+        client.loop_start()
+        done, _ = await asyncio.wait({self._connack, self._lost}, timeout=CONNECT_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._connack not in done:
+            if self._lost.done():
+                raise _ConnectionLost(f"connection closed before CONNACK ({self._lost.result()})")
+            raise TimeoutError("no CONNACK from the broker")
+        rc = self._connack.result()
+        if rc.is_failure:
+            raise _ConnectionLost(f"broker refused the connection: {rc}")
+        # online, retained; then the messages the previous connection left unacknowledged, in
+        # stream priority and seq order, then new ones
+        self._status_mid = None
+        info = client.publish(self.topics.status, encode_status(self.agent, "online", now_us()), qos=1, retain=True)
+        self._check_rc(info.rc, "status")
+        self._to_send = deque(o for s in STREAMS for o in self._pending[s] if not o.acked)
+
+    def _on_connack(self, client: mqtt.Client, rc) -> None:
+        if client is self._client and self._connack is not None and not self._connack.done():
+            self._connack.set_result(rc)
+
+    def _on_disconnect(self, client: mqtt.Client, rc) -> None:
+        if client is self._client and self._lost is not None and not self._lost.done():
+            self._lost.set_result(rc)
+            self._wake.set()
+
+    def _on_publish_thread(self, client, userdata, mid, rc, properties) -> None:
+        # paho's network thread: hand over, one loop wake-up per burst of acks
+        self._acks.append((client, mid, str(rc) if rc.is_failure else None))
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_acks)
+
+    def _drain_acks(self) -> None:
+        self._ack_scheduled = False
+        moved = False
+        while self._acks:
+            client, mid, failure = self._acks.popleft()
+            if client is not self._client:
+                continue
+            if mid == self._status_mid and self._status_acked is not None:
+                self._status_acked.set()
+            out = self._by_mid.pop(mid, None)
+            if out is None:
+                continue
+            if failure is not None:
+                # MQTT 5: the broker refused it (e.g. not authorized). Never skip data: drop the
+                # connection, the message is re-sent after the reconnect (and complained about).
+                self.stats.last_error = f"broker refused {out.stream} {out.first}-{out.last}: {failure}"
+                log.error("mqtt publish refused", topic=out.topic, seq=out.first, reason=failure)
+                if self._lost is not None and not self._lost.done():
+                    self._lost.set_result(failure)
+                continue
+            out.acked = True
+            self._unacked -= 1
+            q = self._pending[out.stream]
+            while q and q[0].acked:
+                self._acked[out.stream] = q.popleft().last
+                moved = True
+        self.stats.inflight = self._unacked
+        if moved:
+            self.stats.acked = dict(self._acked)
+        self._wake.set()
+
+    async def _teardown(self) -> None:
+        client, self._client = self._client, None
+        self.stats.connected = False
+        if client is None:
+            return
+        _close_quietly(client)
+        await asyncio.to_thread(client.loop_stop)
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        wake = self._wake
+        while True:
+            wake.clear()
+            self._raise_if_lost()
+            self._send_queued()
+            await self._fill()
+            self._raise_if_lost()
+            await self._flush_cursors()
+            if wake.is_set():
+                continue
+            timeout = IDLE_RECHECK
+            if self._acked != self._stored:
+                timeout = max(0.0, self._last_flush + CURSOR_FLUSH_INTERVAL - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None and self._lost.done():
+            raise _ConnectionLost(f"disconnected: {self._lost.result()}")
+
+    async def _fill(self) -> None:
+        """Take messages from the buffer while the window has room: events, units, telemetry."""
+        buf = self.buffer
+        while self._unacked < self.window and not self._to_send and not self._lost.done():
+            for stream in RECORD_STREAMS:
+                if await buf.last_seq(stream) > self._read_pos[stream]:
+                    records = await buf.read_records(stream, self._read_pos[stream], self.window - self._unacked)
+                    sent_at = now_us()
+                    for r in records:
+                        self._take(_Out(stream, r.seq, r.seq, self.topics.record(r),
+                                        encode_record(self.agent, r, sent_at)))
+                    break
+            else:
+                if not self._spans:
+                    if await buf.last_seq("telemetry") <= self._read_pos["telemetry"]:
+                        return
+                    table = await buf.read_telemetry(self._read_pos["telemetry"], self.chunk_rows)
+                    if table.num_rows == 0:
+                        return
+                    self._chunk = telemetry_chunk(table, self.batch)
+                    self._spans = deque(self._chunk.spans)
+                    # events first: they may have arrived during the read
+                    continue
+                start, end = self._spans.popleft()
+                chunk = self._chunk
+                device = chunk.device[start]
+                payload = encode_telemetry(self.agent, chunk, start, end, self.topics.station_of(device), now_us())
+                self._take(_Out("telemetry", chunk.seq[start], chunk.seq[end - 1], self.topics.telemetry(device),
+                                payload, samples=end - start))
+                if not self._spans:
+                    self._chunk = None
+            self._send_queued()
+
+    def _take(self, out: _Out) -> None:
+        self._pending[out.stream].append(out)
+        self._read_pos[out.stream] = out.last
+        self._to_send.append(out)
+        self._unacked += 1
+        self.stats.inflight = self._unacked
+
+    def _send_queued(self) -> None:
+        client = self._client
+        while self._to_send:
+            out = self._to_send[0]
+            info = client.publish(out.topic, out.payload, qos=1)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                log.debug("paho queue full, waiting for acknowledgements", inflight=self._unacked)
+                return  # not queued: try again after acks
+            self._check_rc(info.rc, out.topic)
+            self._to_send.popleft()
+            self._by_mid[info.mid] = out
+            self.stats.messages_sent += 1
+            self.stats.samples_sent += out.samples
+            if out.sent:
+                self.stats.resent += 1
+            out.sent = True
+
+    def _check_rc(self, rc: int, what: str) -> None:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # NO_CONN and friends: the connection is gone; the message stays ours and is re-sent
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(mqtt.error_string(rc))
+            raise _ConnectionLost(f"publish {what}: {mqtt.error_string(rc)}")
+
+    async def _flush_cursors(self, force: bool = False) -> None:
+        """Store the cursors: at most every CURSOR_FLUSH_INTERVAL, or at once when nothing is in flight."""
+        if self._acked == self._stored:
+            return
+        now = time.monotonic()
+        if not force and self._unacked and now - self._last_flush < CURSOR_FLUSH_INTERVAL:
+            return
+        self._last_flush = now
+        for stream, seq in list(self._acked.items()):
+            if seq > self._stored[stream]:
+                await self.buffer.ack(self.sink, stream, seq)
+                self._stored[stream] = seq
+
+    # -- stop -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        client = self._client
+        try:
+            if client is not None and self.stats.connected and not self._lost.done():
+                self._status_acked = asyncio.Event()
+                with contextlib.suppress(_ConnectionLost):
+                    self._send_queued()
+                    info = client.publish(self.topics.status, encode_status(self.agent, "offline", now_us()),
+                                          qos=1, retain=True)
+                    self._status_mid = info.mid
+                    self._check_rc(info.rc, "status")
+                    deadline = time.monotonic() + SHUTDOWN_DRAIN
+                    while ((self._unacked or not self._status_acked.is_set()) and not self._lost.done()
+                           and time.monotonic() < deadline):
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+                    client.disconnect()  # a clean DISCONNECT: the broker discards the last will
+            await self._flush_cursors(force=True)
+        finally:
+            await self._teardown()
+            log.info("mqtt forwarder stopped", broker=self.stats.broker, cursors=dict(self._stored),
+                     unacknowledged=self._unacked)
+
+
+def _close_quietly(client: mqtt.Client) -> None:
+    with contextlib.suppress(Exception):
+        client.disconnect()
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, _ConnectionLost) else f"{type(exc).__name__}: {text}"

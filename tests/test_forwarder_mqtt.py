@@ -1,0 +1,434 @@
+"""The MQTT forwarder against a real Mosquitto and a real DuckDB buffer (no mocks).
+
+Each test starts its own broker (`broker` fixture) and a persistent QoS 1 subscriber
+(`capture`), fills a buffer file in tmp_path and checks what the subscriber got: every
+record once (or re-sent identical), in seq order per stream, valid against the shipped
+JSON Schemas, and the cursor where it must be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+from fixtures_broker import MQTTCapture, Msg
+from jsonschema import Draft202012Validator
+
+import linetap.config
+from linetap.agent.forwarder import MQTTForwarder
+from linetap.agent.payload import Topics
+from linetap.agent.records import TELEMETRY_SCHEMA, Event, Quality, SampleBatch
+from linetap.buffers import AsyncBuffer
+from linetap.config.models import LineConfig
+
+AGENT = "line1-agent"
+ROOT = "acme/plant1/assembly/line1"
+SCHEMAS = Path(linetap.config.__file__).parent / "schemas"
+VALIDATORS = {
+    name: Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()))
+    for name in ("telemetry", "unit", "event", "status")
+}
+SCHEMA_FILE = {"telemetry": "telemetry", "units": "unit", "events": "event"}
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def line_config(broker, **mqtt) -> LineConfig:
+    mqtt = {"host": broker.host, "port": broker.port, "reconnect_min": 0.05, "reconnect_max": 0.5, **mqtt}
+    tag = {"name": "t0", "address": 0}
+    return LineConfig.model_validate({
+        "agent": {"id": AGENT, "enterprise": "acme", "site": "plant1", "area": "assembly", "line": "line1"},
+        "mqtt": mqtt,
+        "devices": [
+            {"protocol": "modbus", "name": "press1", "station": "sealer1", "host": "127.0.0.1",
+             "addressing": "zero_based", "tags": [tag]},
+            {"protocol": "modbus", "name": "oven2", "host": "127.0.0.1", "addressing": "zero_based",
+             "tags": [tag]},
+        ],
+    })
+
+
+def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
+    """n good float samples of one device, built column-wise (fast enough for 100k+ rows)."""
+    ts = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64)
+    return pa.Table.from_arrays(
+        [
+            pa.array([device] * n, pa.string()),
+            pa.array([f"t{i % 50}" for i in range(n)], pa.string()),
+            pa.array(np.arange(n, dtype=np.float64) + first_value),
+            pa.nulls(n, pa.string()),
+            pa.array(np.zeros(n, dtype=np.uint8)),
+            pa.nulls(n, pa.string()),
+            pa.array(ts),
+            pa.array(ts + 7),
+        ],
+        schema=TELEMETRY_SCHEMA,
+    )
+
+
+def mixed_batch(device: str, i: int) -> pa.Table:
+    """A small batch with every kind of value: float, bool, text, big int, none (bad)."""
+    return SampleBatch(
+        device=device,
+        tag=["temp", "ok", "serial", "counter", "pressure"],
+        value=[20.5 + i, True, f"SN{i:05d}", 2**60 + i, None],
+        quality=[Quality.GOOD, Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD],
+        reason=[None, None, None, "stale", "timeout"],
+        agent_ts=1_700_000_000_000_000 + i,
+        source_ts=[1_700_000_000_000_000 + i, None, None, None, None],
+    ).to_arrow()
+
+
+def unit(i: int, station: str | None = "sealer1") -> dict:
+    return {"serial": f"SN{i:05d}", "station": station, "device": "press1", "operator": "op7",
+            "started_at": 1_700_000_000_000_000 + i, "ended_at": 1_700_000_000_500_000 + i, "cycle_time": 0.5,
+            "parameters": {"temp": {"value": 180.0 + i, "unit": "degC", "limits": [170, 190], "verdict": "pass"}},
+            "verdict": "pass", "config_version": "abc123"}
+
+
+def event(i: int, station: str | None = None) -> Event:
+    return Event("nonconformance", 1_700_000_000_000_000 + i, "press1", station,
+                 {"serial": f"SN{i:05d}", "parameter": "temp", "value": 200.0 + i})
+
+
+@contextlib.asynccontextmanager
+async def forwarding(config: LineConfig, buf: AsyncBuffer):
+    fwd = MQTTForwarder(config, buf)
+    task = asyncio.create_task(fwd.run(), name="forwarder")
+    try:
+        yield fwd
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@functools.lru_cache(maxsize=None)
+def decode(payload: bytes) -> dict:
+    """Parsed once per message: the wait predicates run on the event loop, beside the forwarder."""
+    return orjson.loads(payload)
+
+
+def data(msgs: list[Msg]) -> dict[str, list[tuple[Msg, dict]]]:
+    out: dict[str, list[tuple[Msg, dict]]] = {"events": [], "units": [], "telemetry": []}
+    for m in msgs:
+        if m.topic.endswith("/status"):
+            continue
+        d = decode(m.payload)
+        out[d["stream"]].append((m, d))
+    return out
+
+
+def samples_received(msgs: list[Msg]) -> int:
+    """Distinct telemetry samples received (seq ranges, duplicates counted once)."""
+    seen: set[str] = set()
+    n = 0
+    for m, d in data(msgs)["telemetry"]:
+        if d["id"] not in seen:
+            seen.add(d["id"])
+            n += d["count"]
+    return n
+
+
+def last_of(msgs: list[Msg], stream: str) -> int:
+    items = data(msgs)[stream]
+    return max((d.get("seq_last", d["seq"]) for _, d in items), default=0)
+
+
+def have_all(last: dict[str, int]):
+    return lambda msgs: all(last_of(msgs, s) >= n for s, n in last.items())
+
+
+def check_stream(items: list[tuple[Msg, dict]], stream: str, last_seq: int, *, allow_duplicates: bool) -> int:
+    """Every seq 1..last_seq exactly once in first-delivery order; duplicates identical. Returns duplicates."""
+    expected = 1
+    first: dict[str, dict] = {}
+    dups = 0
+    for m, d in items:
+        VALIDATORS[SCHEMA_FILE[stream]].validate(d)
+        assert d["agent"] == AGENT and d["stream"] == stream
+        content = {k: v for k, v in d.items() if k != "sent_at"}
+        if d["id"] in first:
+            dups += 1
+            assert content == first[d["id"]], f"{stream}: duplicate {d['id']} differs from the first delivery"
+            continue
+        assert d["seq"] == expected, f"{stream}: expected seq {expected}, got {d['seq']} ({d['id']})"
+        first[d["id"]] = content
+        if stream == "telemetry":
+            assert d["seq_last"] == d["seq"] + d["count"] - 1
+            assert all(len(col) == d["count"] for col in d["samples"].values())
+            assert d["id"] == f"{AGENT}/telemetry/{d['seq']}-{d['seq_last']}"
+            assert m.topic == f"{ROOT}/{ {'press1': 'sealer1', 'oven2': 'oven2'}[d['device']] }/telemetry"
+            expected = d["seq_last"] + 1
+        else:
+            assert d["id"] == f"{AGENT}/{stream}/{d['seq']}"
+            assert m.topic == f"{ROOT}/{d['body'].get('station') or '_line'}/{stream}"
+            expected = d["seq"] + 1
+    assert expected == last_seq + 1, f"{stream}: received up to {expected - 1}, buffer has {last_seq}"
+    if not allow_duplicates:
+        assert dups == 0, f"{stream}: {dups} duplicates without any reconnect"
+    return dups
+
+
+async def cursors(buf: AsyncBuffer) -> dict[str, int]:
+    return {s: await buf.cursor("mqtt", s) for s in ("events", "units", "telemetry")}
+
+
+async def last_seqs(buf: AsyncBuffer) -> dict[str, int]:
+    return {s: await buf.last_seq(s) for s in ("events", "units", "telemetry")}
+
+
+def statuses(msgs: list[Msg]) -> list[str]:
+    return [orjson.loads(m.payload)["state"] for m in msgs if m.topic.endswith("/status")]
+
+
+@pytest.fixture
+async def buf(tmp_path):
+    b = await AsyncBuffer.open(tmp_path / "buffer.duckdb", AGENT)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_prefilled_buffer_is_delivered_once_in_order(broker, capture, buf, protocol):
+    for i in range(40):
+        device = "press1" if i % 3 else "oven2"
+        await buf.append(
+            telemetry=pa.concat_tables([mixed_batch(device, i), big_table(device, 97 + i, i * 1000.0)]),
+            events=[event(i, station=None if i % 2 else "sealer1")] if i % 4 == 0 else (),
+            units=[unit(i, station=None if i % 5 == 0 else "sealer1")] if i % 2 == 0 else (),
+        )
+    expected = await last_seqs(buf)
+    assert expected["events"] == 10 and expected["units"] == 20
+    cfg = line_config(broker, protocol=protocol, telemetry_batch=64, max_inflight=16)
+
+    async with forwarding(cfg, buf) as fwd:
+        msgs = await capture.until(have_all(expected), timeout=20)
+        await capture.until(lambda ms: "online" in statuses(ms), timeout=5)
+        assert fwd.stats.connected and fwd.stats.reconnects == 0
+    msgs = await capture.until(lambda ms: statuses(ms)[-1:] == ["offline"], timeout=5)
+
+    streams = data(msgs)
+    for stream in ("events", "units", "telemetry"):
+        check_stream(streams[stream], stream, expected[stream], allow_duplicates=False)
+    tele = [d for _, d in streams["telemetry"]]
+    assert max(d["count"] for d in tele) <= 64
+    assert {d["device"] for d in tele} == {"press1", "oven2"}
+    assert sum(d["count"] for d in tele) == expected["telemetry"]
+    # the mixed values made it through: text, big ints as text, null for no value, quality names
+    s = tele[0]["samples"]
+    assert s["value"][:5] == [20.5, 1.0, "SN00000", str(2**60), None]
+    assert s["quality"][:5] == ["good", "good", "good", "uncertain", "bad"]
+    assert s["reason"][:5] == [None, None, None, "stale", "timeout"]
+    for m in msgs:
+        if m.topic.endswith("/status"):
+            assert m.topic == f"{ROOT}/_agent/{AGENT}/status"
+            VALIDATORS["status"].validate(orjson.loads(m.payload))
+    assert await cursors(buf) == expected
+    assert fwd.stats.acked == expected and fwd.stats.inflight == 0
+
+
+@pytest.mark.timeout(60)
+async def test_event_overtakes_telemetry_backlog(broker, capture, buf):
+    total = 200_000
+    for i in range(20):
+        await buf.append(telemetry=big_table("press1" if i % 2 else "oven2", total // 20, i * 1e4))
+    cfg = line_config(broker, telemetry_batch=500, max_inflight=32)
+    async with forwarding(cfg, buf) as fwd:
+        t0 = time.monotonic()
+        await capture.until(lambda ms: samples_received(ms) >= 5_000, timeout=10)
+        await buf.append(events=[event(1, station="sealer1")])
+        fwd.notify()
+        msgs = await capture.until(lambda ms: len(data(ms)["events"]) == 1, timeout=10)
+        at_event = samples_received(msgs)
+        msgs = await capture.until(lambda ms: samples_received(ms) >= total, timeout=30)
+        drain = time.monotonic() - t0
+    assert at_event < total, "the event waited for the whole telemetry backlog"
+    check_stream(data(msgs)["telemetry"], "telemetry", total, allow_duplicates=False)
+    check_stream(data(msgs)["events"], "events", 1, allow_duplicates=False)
+    assert await cursors(buf) == {"events": 1, "units": 0, "telemetry": total}
+    print(f"\ndrained {total} samples in {drain:.2f}s: {total / drain:,.0f} samples/s "
+          f"(500 per message, window 32); event arrived after {at_event} samples")
+
+
+@pytest.mark.timeout(60)
+async def test_broker_restart_mid_drain_loses_nothing(broker, capture, buf):
+    total = 120_000
+    for i in range(12):
+        await buf.append(telemetry=big_table("press1" if i % 2 else "oven2", total // 12, i * 1e4),
+                         events=[event(i)], units=[unit(i)])
+    cfg = line_config(broker, telemetry_batch=200, max_inflight=32)
+    async with forwarding(cfg, buf) as fwd:
+        await capture.until(lambda ms: samples_received(ms) >= 20_000, timeout=15)
+        await asyncio.to_thread(broker.stop)
+        # appended while the broker is down: delivered after it comes back
+        await buf.append(telemetry=big_table("press1", 1000, 9e9), events=[event(99)])
+        fwd.notify()
+        await asyncio.sleep(0.5)
+        assert not fwd.stats.connected
+        await asyncio.to_thread(broker.start)
+        expected = await last_seqs(buf)
+        msgs = await capture.until(have_all(expected), timeout=30)
+        assert fwd.stats.reconnects >= 1
+        await capture.until(lambda ms: statuses(ms)[-1:] == ["online"], timeout=5)
+    streams = data(msgs)
+    dups = {s: check_stream(streams[s], s, expected[s], allow_duplicates=True) for s in streams}
+    assert await cursors(buf) == expected
+    print(f"\nduplicates after the broker restart: {dups}; re-sent by the forwarder: {fwd.stats.resent}")
+
+
+@pytest.mark.timeout(60)
+async def test_broker_unreachable_at_start(broker, capture, buf):
+    await asyncio.to_thread(broker.stop)
+    await buf.append(telemetry=big_table("press1", 1000), events=[event(1)], units=[unit(1)])
+    async with forwarding(line_config(broker), buf) as fwd:
+        await asyncio.sleep(1.0)  # several failed attempts (reconnect_max 0.5 s), no crash
+        assert not fwd.stats.connected and fwd.stats.last_error
+        await asyncio.to_thread(broker.start)
+        expected = await last_seqs(buf)
+        msgs = await capture.until(have_all(expected), timeout=15)
+    streams = data(msgs)
+    for s in streams:
+        check_stream(streams[s], s, expected[s], allow_duplicates=False)
+    assert await cursors(buf) == expected
+
+
+@pytest.mark.timeout(60)
+async def test_cursor_follows_new_data_and_restart_resumes_from_it(broker, capture, buf):
+    """Live appends with notify(); a second forwarder (agent restart) sends only what is new."""
+    cfg = line_config(broker, telemetry_batch=100)
+    async with forwarding(cfg, buf) as fwd:
+        for i in range(10):
+            await buf.append(telemetry=mixed_batch("press1", i), events=[event(i)])
+            fwd.notify()
+            await asyncio.sleep(0.02)
+        expected = await last_seqs(buf)
+        await capture.until(have_all(expected), timeout=10)
+        # the cursor is stored without waiting for the stop (batched, ~100 ms)
+        deadline = time.monotonic() + 3
+        while await cursors(buf) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await cursors(buf) == expected
+    await buf.append(telemetry=mixed_batch("oven2", 99), units=[unit(1)])
+    async with forwarding(cfg, buf):
+        expected = await last_seqs(buf)
+        msgs = await capture.until(have_all(expected), timeout=10)
+    streams = data(msgs)
+    for s in streams:
+        check_stream(streams[s], s, expected[s], allow_duplicates=False)
+
+
+@pytest.mark.timeout(60)
+async def test_status_online_then_offline_on_clean_stop(broker, buf):
+    topic = f"{ROOT}/_agent/{AGENT}/status"
+    async with forwarding(line_config(broker), buf):
+        await asyncio.sleep(0.5)
+        # a subscriber that arrives later gets the retained state
+        with MQTTCapture(broker.host, broker.port, topics=(topic,), clean=True) as late:
+            msgs = await late.until(lambda ms: len(ms) >= 1, timeout=5)
+            assert msgs[0].retain and orjson.loads(msgs[0].payload)["state"] == "online"
+    with MQTTCapture(broker.host, broker.port, topics=(topic,), clean=True) as after:
+        msgs = await after.until(lambda ms: len(ms) >= 1, timeout=5)
+        d = orjson.loads(msgs[0].payload)
+        VALIDATORS["status"].validate(d)
+        assert msgs[0].retain and d["state"] == "offline" and d["agent"] == AGENT
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, sys
+    from linetap.agent.forwarder import MQTTForwarder
+    from linetap.buffers import AsyncBuffer
+    from linetap.config.models import LineConfig
+
+    async def main(config_json, path):
+        cfg = LineConfig.model_validate_json(config_json)
+        buf = await AsyncBuffer.open(path, cfg.agent.id)
+        await MQTTForwarder(cfg, buf).run()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+""")
+
+
+@pytest.mark.timeout(60)
+def test_last_will_offline_when_the_process_dies(broker, tmp_path):
+    topic = f"{ROOT}/_agent/{AGENT}/status"
+    cfg = line_config(broker, keepalive=5)
+    with MQTTCapture(broker.host, broker.port, topics=(topic,)) as cap:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, cfg.model_dump_json(), str(tmp_path / "b.duckdb")])
+        try:
+            cap.wait_for(lambda ms: statuses(ms)[-1:] == ["online"], timeout=20)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(5)
+            msgs = cap.wait_for(lambda ms: statuses(ms)[-1:] == ["offline"], timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert statuses(msgs) == ["online", "offline"]
+    with MQTTCapture(broker.host, broker.port, topics=(topic,), clean=True) as after:
+        msgs = after.wait_for(lambda ms: len(ms) >= 1, timeout=5)
+        assert msgs[0].retain and orjson.loads(msgs[0].payload)["state"] == "offline"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc for RSS")
+async def test_window_is_bounded_while_the_broker_is_frozen(broker, capture, buf):
+    total = 100_000
+    for i in range(10):
+        await buf.append(telemetry=big_table("press1", total // 10, i * 1e4))
+    window = 8
+    cfg = line_config(broker, telemetry_batch=100, max_inflight=window, keepalive=30)
+    async with forwarding(cfg, buf) as fwd:
+        await capture.until(lambda ms: samples_received(ms) >= 5_000, timeout=10)
+        broker.freeze()
+        try:
+            await asyncio.sleep(0.3)
+            rss0, sent0 = _rss_mb(), fwd.stats.messages_sent
+            peak = 0
+            for _ in range(150):  # 1.5 s frozen
+                peak = max(peak, fwd.stats.inflight)
+                await asyncio.sleep(0.01)
+            sent1, rss1 = fwd.stats.messages_sent, _rss_mb()
+        finally:
+            broker.thaw()
+        assert peak <= window
+        assert sent1 == sent0, "the forwarder kept publishing into a frozen broker"
+        assert rss1 - rss0 < 20, f"memory grew by {rss1 - rss0:.1f} MB while frozen"
+        msgs = await capture.until(lambda ms: samples_received(ms) >= total, timeout=30)
+    check_stream(data(msgs)["telemetry"], "telemetry", total, allow_duplicates=True)
+    assert (await cursors(buf))["telemetry"] == total
+
+
+def test_topics_from_config():
+    class FakeBroker:
+        host, port = "127.0.0.1", 1
+    t = Topics.from_config(line_config(FakeBroker()))
+    assert t.telemetry("press1") == f"{ROOT}/sealer1/telemetry"
+    assert t.telemetry("oven2") == f"{ROOT}/oven2/telemetry"
+    assert t.telemetry("unknown") == f"{ROOT}/unknown/telemetry"
+    assert t.status == f"{ROOT}/_agent/{AGENT}/status"
