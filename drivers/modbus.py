@@ -301,10 +301,8 @@ def _build_decode_plan(block: ReadBlock, first: int, addressing: str) -> _Decode
         if key in field_index:
             tag_field.append(field_index[key])
             continue
-        for li, lane in enumerate(lanes):
-            if lane.end <= off:
-                break
-        else:
+        li = next((i for i, lane in enumerate(lanes) if lane.end <= off), None)
+        if li is None:
             lanes.append(_Lane(None, struct.Struct(">"), 0, [], []))
             li = len(lanes) - 1
         lane = lanes[li]
@@ -421,7 +419,7 @@ class ModbusDriver(PollingDriver):
         self._connect_error = None
         try:
             ok = await asyncio.wait_for(client.connect(), cfg.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             ok = False
             self._connect_error = TimeoutError(f"no answer within {cfg.timeout:g}s")
         except Exception as err:  # never let a library exception escape
@@ -535,7 +533,7 @@ class ModbusDriver(PollingDriver):
             call = client.read_discrete_inputs(block.address, **kwargs)
         try:
             response = await asyncio.wait_for(call, cfg.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise _BlockFailure("timeout", f"timeout after {cfg.timeout:g}s") from None
         except ConnectionException as err:
             raise self._lost(f"{err}") from None
@@ -623,7 +621,7 @@ def _describe_os_error(err: BaseException | None) -> str:
         return "connection refused (is the device on, and is the port right?)"
     if isinstance(err, socket.gaierror):
         return f"host name not found ({err})"
-    if isinstance(err, TimeoutError | asyncio.TimeoutError):
+    if isinstance(err, TimeoutError):
         return str(err) or "timed out"
     if isinstance(err, OSError):
         return err.strerror or str(err) or type(err).__name__

@@ -7,7 +7,7 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver, _build_decode_plan, plan_reads
+from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver, plan_reads
 from linetap.simulators import KNOWN_VALUES, encode_registers
 
 
