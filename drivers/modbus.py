@@ -223,6 +223,31 @@ def plan_reads(config: ModbusDeviceConfig) -> list[ReadBlock]:
     return blocks
 
 
+def split_block(block: ReadBlock, addressing: str) -> list[ReadBlock]:
+    """Smaller requests for a block the device rejected with "illegal data address": first the
+    runs without unused addresses, else one request per tag (overlapping tags stay together).
+    A single element means the block cannot be split."""
+
+    def runs(max_gap: int) -> list[ReadBlock]:
+        out: list[ReadBlock] = []
+        members: list[ModbusTag] = []
+        start = end = -1
+        for tag in block.tags:
+            addr = protocol_address(tag, addressing)
+            if members and addr - end <= max_gap:
+                end = max(end, addr + tag.width)
+                members.append(tag)
+                continue
+            if members:
+                out.append(ReadBlock(block.table, start, end - start, tuple(members)))
+            start, end, members = addr, addr + tag.width, [tag]
+        out.append(ReadBlock(block.table, start, end - start, tuple(members)))
+        return out
+
+    parts = runs(0)
+    return parts if len(parts) > 1 else runs(-1)
+
+
 def _byte_permutation(offset: int, words: int, order: str) -> list[int]:
     """Source byte index (in the block) of each big-endian byte of a field at byte `offset`."""
     word_reverse = order in ("CDAB", "DCBA") and words > 1
@@ -397,7 +422,7 @@ class ModbusDriver(PollingDriver):
         self._good = [Quality.GOOD] * len(names)
         self._client: AsyncModbusTcpClient | None = None
         self._connect_error: BaseException | None = None
-        self._failures: dict[int, str] = {}  # block index -> failure kind being reported
+        self._failures: dict[tuple[str, int, int], str] = {}  # block -> failure kind being reported
         self._silent_polls = 0
         self._where = f"{config.host}:{config.port}"
 
@@ -474,7 +499,10 @@ class ModbusDriver(PollingDriver):
         answered = 0
         timeouts_in_row = 0
         skip_reason: str | None = None
-        for bi, plan in enumerate(self._plans):
+        bi = -1
+        while bi + 1 < len(self._plans):
+            bi += 1
+            plan = self._plans[bi]
             block = plan.block
             first, last = plan.first, plan.first + len(block.tags)
             if skip_reason is not None:
@@ -485,6 +513,10 @@ class ModbusDriver(PollingDriver):
                 raw = await self._request(client, block)
                 decoded = self._decode(plan, raw)
             except _BlockFailure as failure:
+                if failure.kind == "exception 2" and len(block.tags) > 1 and self._split(bi):
+                    bi -= 1  # read the smaller blocks now, in this poll
+                    answered += 1
+                    continue
                 if failure.kind == "timeout":
                     timeouts_in_row += 1
                     if not client.connected:
@@ -494,15 +526,15 @@ class ModbusDriver(PollingDriver):
                 else:
                     answered += 1  # the device did answer, with an error
                     timeouts_in_row = 0
-                self._report(bi, block, failure.kind, failure.reason)
+                self._report(block, failure.kind, failure.reason)
                 quality[first:last] = [Quality.BAD] * (last - first)
                 reason[first:last] = [failure.reason] * (last - first)
                 continue
             answered += 1
             timeouts_in_row = 0
-            if bi in self._failures:
+            if self._failures and (key := (block.table, block.address, block.count)) in self._failures:
                 log.info("modbus block recovered", device=self.name, block=block.describe(),
-                         after=self._failures.pop(bi))
+                         after=self._failures.pop(key))
             block_values, uncertain = decoded
             values[first:last] = block_values
             for i, why in uncertain:
@@ -518,6 +550,24 @@ class ModbusDriver(PollingDriver):
             self._silent_polls = 0
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts)
+
+    def _split(self, bi: int) -> bool:
+        """Replace plan `bi` by smaller requests (for the rest of this connection's life and after)."""
+        block = self._plans[bi].block
+        parts = split_block(block, self.config.addressing)
+        if len(parts) == 1:
+            return False
+        first = self._plans[bi].first
+        plans = []
+        for part in parts:
+            plans.append(_build_decode_plan(part, first, self.config.addressing))
+            first += len(part.tags)
+        self._plans[bi:bi + 1] = plans
+        self.blocks = [p.block for p in self._plans]
+        log.warning("modbus device rejects a coalesced read; reading its parts separately "
+                    "(set max_gap: 0 if the device has holes in its map)", device=self.name,
+                    block=block.describe(), parts=[p.describe() for p in parts])
+        return True
 
     async def _request(self, client: AsyncModbusTcpClient, block: ReadBlock):
         cfg = self.config
@@ -597,12 +647,13 @@ class ModbusDriver(PollingDriver):
             out[i] = fix(out[i])
         return out, uncertain
 
-    def _report(self, bi: int, block: ReadBlock, kind: str, reason: str) -> None:
+    def _report(self, block: ReadBlock, kind: str, reason: str) -> None:
         """Loudly once per failure kind and block, then quietly until it recovers."""
-        if self._failures.get(bi) == kind:
+        key = (block.table, block.address, block.count)
+        if self._failures.get(key) == kind:
             log.debug("modbus read failed", device=self.name, block=block.describe(), reason=reason)
             return
-        self._failures[bi] = kind
+        self._failures[key] = kind
         log.warning("modbus read failed", device=self.name, block=block.describe(), reason=reason,
                     tags=len(block.tags), endpoint=self._where)
 

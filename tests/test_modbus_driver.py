@@ -228,3 +228,39 @@ async def test_two_servers_on_port_zero_get_different_ports() -> None:
     b = ModbusStationServer(StationModel(seed=1))
     async with a, b:
         assert a.port != b.port and a.port > 0 and b.port > 0
+
+
+async def test_rejected_span_is_split_and_only_the_bad_tag_stays_bad(modbus_sim, driver_for) -> None:
+    """A PLC with a hole in its map rejects a read spanning the hole: the driver reads the parts."""
+    tags = [{"name": "a", "address": 1000, "type": "int16"}, {"name": "b", "address": 1005, "type": "uint16"},
+            {"name": "c", "address": 1006, "type": "uint16"}]
+    driver = await driver_for(tags)
+    assert [(b.address, b.count) for b in driver.blocks] == [(1000, 7)]
+    modbus_sim.fail_range("holding", 1003, 1)  # the hole
+    got = by_name(await driver.read())
+    assert got["a"] == (-4660, Quality.GOOD, None) and got["b"][1] == got["c"][1] == Quality.GOOD
+    assert [(b.address, b.count) for b in driver.blocks] == [(1000, 1), (1005, 2)]
+    modbus_sim.fail_range("holding", 1006, 1)  # now a tag itself is not there
+    got = by_name(await driver.read())
+    assert got["c"] == (None, Quality.BAD, "modbus exception 2 (illegal data address)")
+    assert got["a"][1] == got["b"][1] == Quality.GOOD
+    assert [(b.address, b.count) for b in driver.blocks] == [(1000, 1), (1005, 1), (1006, 1)]
+    assert driver.tag_names == ["a", "b", "c"]
+
+
+async def test_failures_are_logged_once_then_quietly_until_recovered(modbus_sim, driver_for) -> None:
+    from structlog.testing import capture_logs
+
+    driver = await driver_for([{"name": "kv", "address": 1000, "type": "uint16"}])
+    modbus_sim.fail_range("holding", 1000, 1, code=6)
+    with capture_logs() as logs:
+        for _ in range(3):
+            await driver.read()
+        modbus_sim.clear_faults()
+        await driver.read()
+        await driver.read()
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["reason"] == "modbus exception 6 (server device busy)"
+    assert warnings[0]["device"] == "sealer1" and warnings[0]["block"] == "holding 1000..1000"
+    assert [e["event"] for e in logs if e["log_level"] == "info"] == ["modbus block recovered"]
+    assert len([e for e in logs if e["log_level"] == "debug"]) == 2
