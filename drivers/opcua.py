@@ -409,19 +409,27 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
         await _quiet_disconnect(client)
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise _connect_error(where, exc, timeout) from None
+        raise _connect_error(where, exc, timeout, security) from None
     return client
 
 
-def _connect_error(where: str, exc: BaseException, timeout: float) -> DriverError:
+def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity) -> DriverError:
     from asyncua import ua
 
-    msg = f"cannot connect to {where}: {describe_error(exc, timeout)}"
+    cause = describe_error(exc, timeout)
     if isinstance(exc, ua.UaStatusCodeError):
         name = status_name(getattr(exc, "code", 0))
+        if name.startswith(("BadUser", "BadIdentity")) and not security.username:
+            cause = f"{name}: the server refuses anonymous users; set security.username and password"
         if name.startswith(("BadUser", "BadIdentity", "BadCertificate", "BadSecurity")):
-            return DriverError(msg)  # a configuration problem: retrying as-is will not help
-    return DeviceUnreachable(msg)
+            # a configuration problem: retrying as-is will not help, but it is not the network
+            return DriverError(f"cannot connect to {where}: {cause}")
+    elif isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
+        login = f"user {security.username}" if security.username else "anonymous"
+        return DeviceConfigError(f"cannot connect to {where}: the server offers no endpoint for security policy "
+                                 f"{security.policy}/{security.effective_mode} with {login} login "
+                                 "(does it require a secured connection? set security.policy)")
+    return DeviceUnreachable(f"cannot connect to {where}: {cause}")
 
 
 async def _apply_security(client, security: OpcUaSecurity, timeout: float, where: str) -> None:
