@@ -41,6 +41,10 @@ Input registers (function 4), the same process values as a PLC's scaled integers
 Coils (function 1): 0 cycle_active; 1000..1099 known bits.
 Discrete inputs (function 2): 0 cycle_active, 1 ramping, 2 holding, 3 idle; 1000..1099 known bits.
 
+Fault injection (ModbusStationServer): `drop_connections()`, `stop()`/`start()`/`restart()` on the
+same port, `freeze(name, value)`, `fail_range(table, address, count, code)` (Modbus exception),
+`set_delay(seconds)` (slow PLC), `short_responses(missing)` (malformed answers).
+
 Values are taken from the model on every request (the model is moved to the server's clock
 first), so one request is one consistent snapshot; the whole station area of the holding
 registers fits in one read.
@@ -309,6 +313,7 @@ class ModbusStationServer:
         self._faults: list[_Fault] = []
         self._delay = 0.0
         self._frozen: dict[str, Any] = {}
+        self._short = 0
         self.requests = 0  # requests answered from the datastore (a test counts reads with it)
         self.requests_by_table: dict[str, int] = {"holding": 0, "input": 0, "coil": 0, "discrete": 0}
 
@@ -352,7 +357,7 @@ class ModbusStationServer:
         if self._server is not None:
             return
         port = self._port if self._port is not None else self._requested_port
-        server = _StationTcpServer(self._device(), address=(self.host, port))
+        server = _StationTcpServer(self._device(), address=(self.host, port), trace_pdu=self._trace_pdu)
         await server.serve_forever(background=True)
         self._server = server
         self._port = server.transport.sockets[0].getsockname()[1]
@@ -416,6 +421,17 @@ class ModbusStationServer:
     def set_delay(self, seconds: float) -> None:
         """Answer every request `seconds` late (a slow PLC); 0 restores normal answers."""
         self._delay = max(0.0, seconds)
+
+    def short_responses(self, missing: int = 1) -> None:
+        """Answer register reads with `missing` registers fewer than asked (a malformed answer);
+        0 restores normal answers."""
+        self._short = max(0, missing)
+
+    def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
+        if sending and self._short and pdu.function_code in (3, 4) and len(pdu.registers) > self._short:
+            pdu.registers = list(pdu.registers)[:-self._short]
+            pdu.count = len(pdu.registers)
+        return pdu
 
     def freeze(self, name: str, value: Any = None) -> None:
         """Serve station value `name` (a StationSnapshot field) fixed at `value` (default: now's)."""

@@ -264,3 +264,13 @@ async def test_failures_are_logged_once_then_quietly_until_recovered(modbus_sim,
     assert warnings[0]["device"] == "sealer1" and warnings[0]["block"] == "holding 1000..1000"
     assert [e["event"] for e in logs if e["log_level"] == "info"] == ["modbus block recovered"]
     assert len([e for e in logs if e["log_level"] == "debug"]) == 2
+
+
+async def test_short_response_is_bad_with_the_reason(modbus_sim, driver_for) -> None:
+    driver = await driver_for([*STATION_TAGS, {"name": "flag", "table": "coil", "address": 1000, "type": "bool"}])
+    modbus_sim.short_responses(2)
+    got = by_name(await driver.read())
+    assert got["temperature"] == (None, Quality.BAD, "short response: 30 of 32 registers")
+    assert got["flag"] == (True, Quality.GOOD, None)
+    modbus_sim.short_responses(0)
+    assert set((await driver.read()).quality) == {Quality.GOOD}
