@@ -29,8 +29,7 @@ from linetap.config.loader import load_config
 from linetap.config.models import LineConfig
 
 EXAMPLE = "heat-sealer-modbus.yaml"
-BULK_ADDRESS = 100  # holding registers the simulated station leaves unused (44..999)
-BULK_MAX = 900
+
 
 
 def free_port() -> int:
@@ -134,9 +133,11 @@ def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path
     example = resources.files("linetap.config") / "examples" / EXAMPLE
     with resources.as_file(example) as path:
         cfg = load_config(path)
-    # Extra load: registers BULK_ADDRESS.. of the simulator (unused by the station, read as 0).
-    bulk = [ModbusTag(name=f"load_{i:04d}", address=BULK_ADDRESS + i, type="uint16")
-            for i in range(min(bulk_tags, BULK_MAX))]
+    from linetap.simulators import BULK_ADDRESS, BULK_COUNT
+
+    # Extra load: the simulator's bulk block of float32 values that change over time.
+    bulk = [ModbusTag(name=f"load_{i:04d}", address=BULK_ADDRESS + 2 * i, type="float32")
+            for i in range(min(bulk_tags, BULK_COUNT))]
     devices = [d.model_copy(update={"host": "127.0.0.1", "port": sim_port, "poll_interval": parse_duration(interval),
                                     "tags": [*d.tags, *bulk]}) for d in cfg.devices]
     return cfg.model_copy(update={

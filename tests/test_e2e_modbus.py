@@ -133,7 +133,8 @@ def test_sigterm_stops_linetap_run_cleanly(tmp_path, broker):
     try:
         port = _read_sim_port(sim_proc)
         cfg_path = tmp_path / "line.yaml"
-        cfg = line_config(tmp_path, broker, [modbus_device(port, poll_interval="50ms")])
+        cfg = line_config(tmp_path, broker, [modbus_device(port, poll_interval="50ms")],
+                          logging={"format": "json", "level": "info"})
         cfg_path.write_text(_yaml(cfg))
         agent = subprocess.Popen([sys.executable, "-m", "linetap.agent.cli", "run", str(cfg_path)],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
