@@ -333,8 +333,11 @@ class OpcUaStationServer:
             self._nodes[browse] = nid
         known = await line.add_folder(ua.NodeId("Known", ns), ua.QualifiedName("Known", ns))
         for browse, (vtype, value, _) in KNOWN_VALUES.items():
-            await known.add_variable(ua.NodeId(f"Known.{browse}", ns), ua.QualifiedName(browse, ns),
-                                     ua.Variant(value, vtype))
+            var = await known.add_variable(ua.NodeId(f"Known.{browse}", ns), ua.QualifiedName(browse, ns),
+                                           ua.Variant(value, vtype))
+            if isinstance(value, list):
+                await var.write_value_rank(1)
+                await var.write_array_dimensions([0])
         self._bulk_nodes = []
         if self.bulk_count:
             bulk = await line.add_folder(ua.NodeId("Bulk", ns), ua.QualifiedName("Bulk", ns))
