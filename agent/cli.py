@@ -188,6 +188,68 @@ def verify(files: list[Path] = typer.Argument(..., help="JSON Lines captures of 
     raise typer.Exit(0 if report.ok else 1)
 
 
+certs_app = typer.Typer(help="OPC UA application certificates for secured connections.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("create")
+def certs_create(
+    cert: Path = typer.Option(Path("pki/linetap-cert.der"), help="certificate file (.der or .pem)"),
+    key: Path = typer.Option(Path("pki/linetap-key.pem"), help="private key file (PEM, mode 0600)"),
+    application_uri: str | None = typer.Option(None, help="default: urn:linetap:<hostname>:linetap"),
+    host: list[str] | None = typer.Option(None, help="DNS name or IP for the certificate (repeat); "
+                                           "default: this host, localhost, 127.0.0.1"),
+    days: int = typer.Option(3650, help="validity in days"),
+    overwrite: bool = typer.Option(False, help="replace existing files"),
+) -> None:
+    """Create a self-signed OPC UA client certificate and key; give the certificate to the PLC engineer."""
+    from linetap.agent.certs import create_certificate, describe_certificate
+
+    try:
+        create_certificate(cert, key, application_uri=application_uri, hostnames=host or None, days=days,
+                           overwrite=overwrite)
+    except (FileExistsError, ValueError, OSError) as err:
+        typer.echo(f"linetap certs create: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(f"wrote {cert} and {key}\n{describe_certificate(cert)}\n"
+               f"Next: copy {cert} (not the key) into the server's trusted certificates.")
+
+
+@app.command()
+def browse(
+    endpoint: str = typer.Argument(..., help="opc.tcp://host:port"),
+    root: str | None = typer.Option(None, help="start node: node id or path from Objects (e.g. Line/Sealer1)"),
+    depth: int = typer.Option(6, help="levels below the root"),
+    policy: str = typer.Option("None", help="None, Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss"),
+    mode: str | None = typer.Option(None, help="Sign or SignAndEncrypt (default with a policy)"),
+    cert: Path | None = typer.Option(None, help="client certificate"),
+    key: Path | None = typer.Option(None, help="client private key"),
+    server_cert: Path | None = typer.Option(None, help="trusted server certificate"),
+    trust_dir: Path | None = typer.Option(None, help="folder of trusted server certificates"),
+    username: str | None = typer.Option(None, help="user name (password from $LINETAP_OPCUA_PASSWORD)"),
+) -> None:
+    """Print the variables of an OPC UA server as a YAML tag map for an opcua device."""
+    import os
+
+    from pydantic import ValidationError
+
+    from linetap.agent.browse import browse as do_browse
+    from linetap.drivers import DriverError
+
+    security = {"policy": policy, "mode": mode, "certificate": cert, "private_key": key,
+                "server_certificate": server_cert, "trust_dir": trust_dir, "username": username,
+                "password": os.environ.get("LINETAP_OPCUA_PASSWORD") if username else None}
+    try:
+        typer.echo(do_browse(endpoint, root, depth,
+                             security={k: v for k, v in security.items() if v is not None}), nl=False)
+    except ValidationError as err:
+        typer.echo(f"linetap browse: {err.errors()[0]['msg']}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except DriverError as err:
+        typer.echo(f"linetap browse: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
