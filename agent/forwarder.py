@@ -337,8 +337,18 @@ class MQTTForwarder:
             timeout = IDLE_RECHECK
             if self._acked != self._stored:
                 timeout = max(0.0, self._last_flush + CURSOR_FLUSH_INTERVAL - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+            await self._sleep(timeout)
+
+    async def _sleep(self, timeout: float) -> None:
+        """Until woken (ack, notify, loss) or `timeout` s. Not `asyncio.wait_for`: on Python 3.11
+        it can swallow a cancellation that coincides with the wake-up, and `run()` would never stop."""
+        if self._wake.is_set():
+            return
+        timer = self._loop.call_later(max(0.0, timeout), self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     def _raise_if_lost(self) -> None:
         if self._lost is not None and self._lost.done():
@@ -438,8 +448,7 @@ class MQTTForwarder:
                     while ((self._unacked or not self._status_acked.is_set()) and not self._lost.done()
                            and time.monotonic() < deadline):
                         self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+                        await self._sleep(deadline - time.monotonic())
                     client.disconnect()  # a clean DISCONNECT: the broker discards the last will
             await self._flush_cursors(force=True)
         finally:
