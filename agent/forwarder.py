@@ -98,7 +98,7 @@ class MQTTForwarder:
         self.batch = self.mqtt.telemetry_batch
         self.chunk_rows = max(self.batch, 20_000)
         self.client_id = self.mqtt.client_id or f"linetap-{self.agent}"
-        self.stats = ForwarderStats(broker=f"{self.mqtt.host}:{self.mqtt.port}")
+        self.stats = ForwarderStats(broker=f"{self.mqtt.host}:{self.mqtt.port}", acked=dict.fromkeys(STREAMS, 0))
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -314,12 +314,14 @@ class MQTTForwarder:
         self._wake.set()
 
     async def _teardown(self) -> None:
-        client, self._client = self._client, None
+        client = self._client
         self.stats.connected = False
         if client is None:
             return
         _close_quietly(client)
         await asyncio.to_thread(client.loop_stop)
+        self._drain_acks()  # PUBACKs that arrived before the loss still count: fewer re-sends
+        self._client = None
 
     # -- forwarding -----------------------------------------------------------------------
 

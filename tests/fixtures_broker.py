@@ -90,7 +90,10 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, listener_conf: str = "",
+                 allow_anonymous: bool = True) -> None:
+        """`listener_conf`: Mosquitto lines for the listener (e.g. cafile/certfile/keyfile for TLS);
+        `allow_anonymous=False` with a `password_file` line in it for username/password tests."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -105,7 +108,8 @@ class Broker:
             (self.workdir / "data").mkdir(exist_ok=True)
             self.conf_path.write_text(
                 f"listener {self.port} 127.0.0.1\n"
-                "allow_anonymous true\n"
+                f"{listener_conf.strip()}\n"
+                f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
                 # run as root, mosquitto would drop to user `mosquitto`, which cannot write the tmp dir
                 f"user {getpass.getuser()}\n"
                 "persistence true\n"
@@ -212,7 +216,8 @@ class MQTTCapture:
     """
 
     def __init__(self, host: str, port: int, topics: tuple[str, ...] = ("#",), client_id: str | None = None,
-                 clean: bool = False) -> None:
+                 clean: bool = False, *, username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.host, self.port, self.topics = host, port, topics
         self._lock = threading.Lock()
         self._messages: list[Msg] = []
@@ -222,6 +227,10 @@ class MQTTCapture:
                                   client_id=client_id or f"capture-{uuid.uuid4().hex[:8]}",
                                   clean_session=clean)
         self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

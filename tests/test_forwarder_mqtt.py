@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from fixtures_broker import MQTTCapture, Msg
+from fixtures_broker import Broker, MQTTCapture, Msg, find_mosquitto
 from jsonschema import Draft202012Validator
 
 import linetap.config
@@ -439,3 +440,45 @@ def test_topics_from_config():
     assert t.telemetry("oven2") == f"{ROOT}/oven2/telemetry"
     assert t.telemetry("unknown") == f"{ROOT}/unknown/telemetry"
     assert t.status == f"{ROOT}/_agent/{AGENT}/status"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("openssl") is None or find_mosquitto() is None
+                    or shutil.which("mosquitto_passwd") is None,
+                    reason="needs openssl, mosquitto and mosquitto_passwd")
+async def test_tls_and_password(tmp_path, buf):
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=linetap-test-ca", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(d / "passwd"), "line1", "s3cret"], check=True)
+    tls_broker = Broker(tmp_path / "broker", allow_anonymous=False, listener_conf=(
+        f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
+        f"password_file {d / 'passwd'}\n"))
+    tls_broker.start()
+    try:
+        await buf.append(events=[event(1)], telemetry=mixed_batch("press1", 1))
+        expected = await last_seqs(buf)
+        with MQTTCapture(tls_broker.host, tls_broker.port, username="line1", password="s3cret",
+                         ca_file=d / "ca.crt") as cap:
+            tls = {"ca_file": str(d / "ca.crt")}
+            # wrong password: refused, retried, never crashes
+            async with forwarding(line_config(tls_broker, tls=tls, username="line1", password="wrong"), buf) as fwd:
+                await asyncio.sleep(0.5)
+                assert not fwd.stats.connected and "refused" in (fwd.stats.last_error or "")
+            async with forwarding(line_config(tls_broker, tls=tls, username="line1", password="s3cret"), buf):
+                msgs = await cap.until(have_all(expected), timeout=10)
+        streams = data(msgs)
+        for s in ("events", "telemetry"):
+            check_stream(streams[s], s, expected[s], allow_duplicates=False)
+    finally:
+        tls_broker.stop()
