@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
+
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
@@ -243,7 +244,7 @@ class StationAssembler:
             unit.incomplete.append(incomplete)
         params = []
         for ps in unit.params:
-            params.append(self._finish_param(ps, unit, ts, events))
+            params.append(self._finish_param(ps, unit, ts, events, truncated=incomplete))
         verdicts = {p["verdict"] for p in params}
         if "fail" in verdicts:
             verdict = "fail"
@@ -274,7 +275,8 @@ class StationAssembler:
                 "serial": unit.serial, "operator": unit.operator, "started_at": unit.started_at,
                 "reason": "; ".join(reasons)}))
 
-    def _finish_param(self, ps: _ParamState, unit: _Unit, ts: int, events: list[Event]) -> dict[str, Any]:
+    def _finish_param(self, ps: _ParamState, unit: _Unit, ts: int, events: list[Event],
+                      truncated: str | None = None) -> dict[str, Any]:
         p = ps.spec
         value: Any = ps.value
         if p.reduce == "cycle_time":
@@ -295,6 +297,9 @@ class StationAssembler:
             out["verdict"], out["reason"] = "incomplete", f"no value of {p.tag} during the unit"
         elif ps.breached is not None:
             out["verdict"], out["reason"] = "fail", f"{ps.breached[0]} limit {ps.breached[1]:g} breached"
+        elif truncated and p.reduce not in ("start", "at"):
+            # A value over part of a cycle is not the unit's value: neither pass nor fail.
+            out["verdict"], out["reason"] = "incomplete", f"the unit ended early ({truncated})"
         elif p.limits is not None and p.reduce != "trace" and _is_number(value) and (b := p.limits.breach(value)):
             out["verdict"], out["reason"] = "fail", f"{b[0]} limit {b[1]:g} breached"
             events.append(self._nc_event(ps, value, b, ts, during_cycle=False, unit=unit))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from linetap.agent.capture import CaptureEngine, StationAssembler
 from linetap.agent.records import Quality, SampleBatch
 from linetap.config.capture import StationCapture
 from linetap.config.models import LineConfig
-from pydantic import ValidationError
 
 TAGS = ["cycle_active", "serial", "operator", "temperature", "pressure", "dwell", "count"]
 
@@ -188,3 +189,15 @@ def test_max_below_its_low_limit_is_judged_at_the_end_not_during_the_ramp():
     units, events = run(st2, [poll(0, False), poll(1, True, temp=150.0), poll(2, False)])
     assert units[0]["verdict"] == "fail" and events[0].data["limit"] == "low"
     assert not events[0].data["during_cycle"]
+
+
+def test_a_cut_short_unit_is_not_failed_on_partial_values():
+    st = station(parameters=[{"name": "temp_max", "tag": "temperature", "reduce": "max",
+                              "limits": {"low": 175, "high": 185}},
+                             {"name": "p_start", "tag": "pressure", "reduce": "start", "limits": {"low": 4}}])
+    units, events = run(st, [poll(0, False), poll(1, True, temp=150.0), poll(1.2, True, bad="connection lost")])
+    p = {x["name"]: x for x in units[0]["parameters"]}
+    assert p["temp_max"]["verdict"] == "incomplete" and "ended early" in p["temp_max"]["reason"]
+    assert p["p_start"]["verdict"] == "pass"  # captured in full before the loss
+    assert units[0]["verdict"] == "incomplete"
+    assert [e.kind for e in events] == ["unit_incomplete"]
