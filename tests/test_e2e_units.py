@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -18,8 +19,9 @@ from linetap.config.loader import load_config
 from linetap.simulators import ModbusStationServer, StationModel
 from linetap.simulators.station import State
 
-EXAMPLE = load_config(__import__("pathlib").Path(__file__).parents[1] / "config/examples/heat-sealer-modbus.yaml")
-SCHEMAS = __import__("pathlib").Path(__file__).parents[1] / "config/schemas"
+ROOT = Path(__file__).parents[1]
+EXAMPLE = load_config(ROOT / "config/examples/heat-sealer-modbus.yaml")
+SCHEMAS = ROOT / "config/schemas"
 SPEED = 8.0  # model seconds per real second: a 2.5 s unit takes ~0.3 s
 
 
