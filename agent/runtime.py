@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import structlog
+
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
 from linetap.agent.records import Event, SampleBatch, now_us
@@ -219,8 +220,24 @@ class Agent:
 
     async def _housekeeping(self) -> None:
         last_purge = 0.0
+        over_cap = False
         while True:
             await self._write_status_file()
+            cap = await self.buffer.enforce_cap(self.config.buffer.max_size, SINK)
+            for gap in cap.gaps:
+                log.error("buffer full: telemetry dropped", seq_first=gap.data["seq_first"],
+                          seq_last=gap.data["seq_last"], count=gap.data["count"], max_size=self.config.buffer.max_size)
+            if cap.gaps:
+                self.forwarder.notify()
+            if cap.over_cap and not over_cap:
+                # Unit records and events are never dropped: say so loudly, once, and keep them.
+                log.error("buffer over its size cap with only unit records and events left; keeping them",
+                          max_size=self.config.buffer.max_size, path=str(self.config.buffer.path))
+                await self._queue.put(Event("alarm", now_us(), data={
+                    "alarm": "buffer_over_cap", "max_size": self.config.buffer.max_size,
+                    "reason": "only unit records and events left in the buffer, none dropped; "
+                              "raise buffer.max_size or restore the connection to the broker"}))
+            over_cap = cap.over_cap
             if time.monotonic() - last_purge > 60:
                 last_purge = time.monotonic()
                 cutoff = now_us() - int(self.config.buffer.retention * 1e6)

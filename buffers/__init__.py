@@ -6,8 +6,9 @@ from .duckdb_buffer import (
     AsyncBuffer,
     BufferCorrupt,
     BufferError,
+    CapResult,
     DuckDBBuffer,
     StreamStats,
 )
 
-__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "DuckDBBuffer", "StreamStats"]
+__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "CapResult", "DuckDBBuffer", "StreamStats"]

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
@@ -63,6 +64,13 @@ class AppendResult:
     telemetry: tuple[int, int] | None  # first and last seq assigned, or None
     events: list[StoredRecord]
     units: list[StoredRecord]
+
+
+@dataclass
+class CapResult:
+    purged: int = 0  # delivered rows deleted early
+    gaps: list[Event] = field(default_factory=list)  # telemetry dropped, as written to `events`
+    over_cap: bool = False  # only unit records and events left, still over the cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +152,19 @@ class DuckDBBuffer:
         units: Sequence[dict[str, Any]] = (),
     ) -> AppendResult:
         """Append everything given in one transaction; durable when this returns."""
+        return self._transaction(lambda: None, telemetry, events, units)[1]
+
+    def _transaction(self, before, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
+                     units: Sequence[dict[str, Any]] = ()):
+        """Run `before()` then the appends, all in one transaction: (before's result, AppendResult)."""
         con = self._con
         last = dict(self._last)
         span: tuple[int, int] | None = None
         stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
         con.execute("BEGIN")
         try:
+            first_result = before()
+            events = list(events) if not callable(events) else events(first_result)
             if telemetry is not None and telemetry.num_rows:
                 first = last["telemetry"][0] + 1
                 n = telemetry.num_rows
@@ -186,7 +201,7 @@ class DuckDBBuffer:
             con.execute("ROLLBACK")
             raise
         self._last = last
-        return AppendResult(span, stored["events"], stored["units"])
+        return first_result, AppendResult(span, stored["events"], stored["units"])
 
     def _insert_arrow(self, table_name: str, batch: pa.Table) -> None:
         self._con.register("_linetap_batch", batch)
@@ -287,6 +302,49 @@ class DuckDBBuffer:
             deleted[stream] = n
         return deleted
 
+    def used_bytes(self) -> int:
+        """Bytes the data occupies: used blocks plus the WAL (the file itself never shrinks)."""
+        row = self._con.execute("PRAGMA database_size").fetchall()[0]
+        block_size, used_blocks = row[2], row[4]
+        wal = self.path.with_name(self.path.name + ".wal")
+        return block_size * used_blocks + (wal.stat().st_size if wal.exists() else 0)
+
+    def enforce_cap(self, max_bytes: int, sink: str, chunk: int = 50_000) -> CapResult:
+        """Keep the buffer under `max_bytes`: first delivered rows go, then the oldest unsent
+        telemetry, each drop recorded as a `gap` event in the same transaction. Unit records and
+        events are never dropped: if they alone exceed the cap, `over_cap` stays true."""
+        result = CapResult()
+        if self.used_bytes() <= max_bytes:
+            return result
+        result.purged = sum(self.purge_delivered(sink, older_than_us=2**62).values())
+        self._checkpoint()
+        while self.used_bytes() > max_bytes:
+            pending = self._con.execute("SELECT count(*) FROM telemetry WHERE seq > ?",
+                                        [self.cursor(sink, "telemetry")]).fetchall()[0][0]
+            if pending == 0:
+                result.over_cap = True
+                break
+            n = min(pending, max(chunk, pending // 10))
+            gap, _ = self._transaction(lambda n=n: self._drop_oldest_telemetry(sink, n, max_bytes),
+                                       events=lambda gap: [gap])
+            result.gaps.append(gap)
+            self._checkpoint()
+        return result
+
+    def _drop_oldest_telemetry(self, sink: str, n: int, max_bytes: int) -> Event:
+        cur = self.cursor(sink, "telemetry")
+        first, last, count, ts0, ts1 = self._con.execute(
+            "SELECT min(seq), max(seq), count(*), min(agent_ts), max(agent_ts) FROM "
+            "(SELECT seq, agent_ts FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?)", [cur, n]).fetchall()[0]
+        self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
+        return Event("gap", now_us(), data={
+            "stream": "telemetry", "seq_first": first, "seq_last": last, "count": count,
+            "ts_first": ts0, "ts_last": ts1,
+            "reason": f"buffer size cap ({max_bytes} bytes) reached: oldest unsent telemetry dropped"})
+
+    def _checkpoint(self) -> None:
+        self._con.execute("CHECKPOINT").fetchall()
+
     def file_size(self) -> int:
         wal = self.path.with_name(self.path.name + ".wal")
         return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
@@ -352,6 +410,9 @@ class AsyncBuffer:
 
     async def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
         return await self._call(self._buffer.purge_delivered, sink, older_than_us)
+
+    async def enforce_cap(self, max_bytes: int, sink: str) -> CapResult:
+        return await self._call(self._buffer.enforce_cap, max_bytes, sink)
 
     async def file_size(self) -> int:
         return await self._call(self._buffer.file_size)

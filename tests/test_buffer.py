@@ -7,6 +7,7 @@ import threading
 
 import pyarrow as pa
 import pytest
+
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferError, DuckDBBuffer
@@ -191,4 +192,39 @@ def test_every_call_leaves_the_connection_ready_for_the_next(path):
         call()
         assert buf.read_telemetry(0, 2).num_rows == 2
         assert buf.cursor("mqtt", "telemetry") == 3
+    buf.close()
+
+
+def test_size_cap_drops_oldest_unsent_telemetry_with_gap_events_and_keeps_records(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(events=[Event("device_state", 1, "d", "s", {"state": "connected"})], units=[{"serial": "SN-1"}])
+    for i in range(40):
+        buf.append(batch("d", 25_000, start=i * 25_000, ts=i))
+    buf.ack("mqtt", "telemetry", 100_000)  # the first 100k were delivered
+    cap = 4 * 2**20
+    assert buf.used_bytes() > cap
+    result = buf.enforce_cap(cap, "mqtt")
+    assert buf.used_bytes() <= cap
+    assert result.purged == 100_000 and result.gaps and not result.over_cap
+    remaining = buf.read_telemetry(0, 2_000_000).column("seq").to_pylist()
+    dropped = set()
+    for gap in result.gaps:
+        d = gap.data
+        assert d["count"] == d["seq_last"] - d["seq_first"] + 1
+        dropped.update(range(d["seq_first"], d["seq_last"] + 1))
+    # exactly what the gap events say is gone, oldest first; the rest is intact and contiguous
+    assert sorted(dropped) == list(range(100_001, min(remaining)))
+    assert remaining == list(range(min(remaining), 1_000_001))
+    gaps = [r for r in buf.read_records("events", 0, 100) if r.body["kind"] == "gap"]
+    assert [g.body["seq_first"] for g in gaps] == [g.data["seq_first"] for g in result.gaps]
+    assert len(buf.read_records("units", 0, 10)) == 1
+    buf.close()
+
+
+def test_size_cap_never_drops_records_and_says_so(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(units=[{"serial": f"SN-{i}", "pad": "x" * 200} for i in range(5000)])
+    result = buf.enforce_cap(1, "mqtt")
+    assert result.over_cap and not result.gaps
+    assert len(buf.read_records("units", 0, 10_000)) == 5000
     buf.close()
