@@ -1,0 +1,1 @@
+"""linetap benchmarks: `python -m benchmarks.run` (see benchmarks/README.md)."""
