@@ -81,7 +81,7 @@ async def browse_async(
             chunk = nodeids[i:i + per_read]
             dts = await client.uaclient.read_attributes(chunk, ua.AttributeIds.DataType)
             vrs = await client.uaclient.read_attributes(chunk, ua.AttributeIds.ValueRank)
-            for dt, vr in zip(dts, vrs):
+            for dt, vr in zip(dts, vrs, strict=False):
                 types.append(await _type_name(client, dt.Value.Value if dt.Value is not None else None))
                 rank = vr.Value.Value if vr.Value is not None else -1
                 ranks.append(rank if isinstance(rank, int) else -1)
@@ -173,7 +173,7 @@ async def _units(client, nodeids: list, limits: dict[str, int]) -> list[str | No
     for start in range(0, len(found), per_read):
         chunk = found[start:start + per_read]
         values = await client.uaclient.read_attributes([n for _, n in chunk], ua.AttributeIds.Value)
-        for (i, _), dv in zip(chunk, values):
+        for (i, _), dv in zip(chunk, values, strict=False):
             eu = dv.Value.Value if dv.Value is not None else None
             text = getattr(getattr(eu, "DisplayName", None), "Text", None) if eu is not None else None
             out[i] = text or None
@@ -215,7 +215,7 @@ def _yaml(endpoint: str, root: str | None, depth: int, ns_array: list[str], vari
     if not variables:
         lines[-1] = "tags: []"
     used: set[str] = set()
-    for (path, nodeid), dtype, rank, unit in zip(variables, types, ranks, units):
+    for (path, nodeid), dtype, rank, unit in zip(variables, types, ranks, units, strict=False):
         lines.append(f"  - name: {_tag_name(path, used)}")
         lines.append(f"    node: {json.dumps(_node_string(nodeid, ns_array), ensure_ascii=False)}")
         lines.append(f"    data_type: {json.dumps(dtype + ('[]' if rank >= 1 else ''))}")

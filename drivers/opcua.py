@@ -556,7 +556,7 @@ async def read_operation_limits(client) -> dict[str, int]:
         results = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
     except Exception:
         return out
-    for n, dv in zip(names, results):
+    for n, dv in zip(names, results, strict=False):
         if dv.StatusCode is not None and not dv.StatusCode.is_good():
             continue
         v = dv.Value.Value if dv.Value is not None else None
@@ -740,7 +740,7 @@ class OpcUaDriver(Driver):
             except Exception as exc:
                 log.info("opcua units not read", device=self.name, cause=describe_error(exc))
                 return
-            for i, res in zip(chunk, results):
+            for i, res in zip(chunk, results, strict=False):
                 if res.StatusCode.is_good() and res.Targets:
                     eu_ids.append((i, res.Targets[0].TargetId))
         read_per_call = self._per_call("MaxNodesPerRead")
@@ -750,7 +750,7 @@ class OpcUaDriver(Driver):
                 values = await client.uaclient.read_attributes(nodeids, ua.AttributeIds.Value)
             except Exception:
                 return
-            for (i, _), dv in zip(chunk, values):
+            for (i, _), dv in zip(chunk, values, strict=False):
                 eu = dv.Value.Value if dv.Value is not None else None
                 if eu is None:
                     continue
@@ -852,7 +852,7 @@ class OpcUaDriver(Driver):
                 raise DeviceConfigError(
                     f"{self._where}: the server refused {len(chunk)} monitored items in one call "
                     f"({describe_error(exc)}); set max_items_per_call lower") from None
-            for (i, _), res in zip(chunk, results):
+            for (i, _), res in zip(chunk, results, strict=False):
                 if not res.StatusCode.is_good():
                     self._item_errors[i] = res.StatusCode.name
 
@@ -896,7 +896,7 @@ class OpcUaDriver(Driver):
                 raise
             except BaseException as exc:
                 raise self._lost(describe_error(exc, self.config.timeout)) from None
-            for i, dv in zip(chunk, results):
+            for i, dv in zip(chunk, results, strict=False):
                 values[i], quality[i], reason[i], source[i] = convert(dv)
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts, source_ts=source)
@@ -919,7 +919,7 @@ class OpcUaDriver(Driver):
             except asyncio.QueueEmpty:
                 try:
                     item = await asyncio.wait_for(queue.get(), keepalive)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     silent = time.monotonic() - self._last_publish
                     if silent > stale_after:
                         await self.close()
@@ -954,7 +954,7 @@ class OpcUaDriver(Driver):
                 next_at += (int((now - next_at) // interval) + 1) * interval
             try:
                 item = await asyncio.wait_for(queue.get(), next_at - now)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             if type(item) is _Lost:
                 await self.close()

@@ -128,8 +128,8 @@ class _SimInternalServer(InternalServer):
         self.read_calls = 0
         self.create_item_calls = 0
 
-    def create_session(self, name: str, user: User = User(role=UserRole.Anonymous),
-                       external: bool = False) -> InternalSession:
+    def create_session(self, name: str, user: User | None = None, external: bool = False) -> InternalSession:
+        user = user if user is not None else User(role=UserRole.Anonymous)
         if not external:
             return super().create_session(name, user=user, external=external)
         return _LimitedSession(self, self.aspace, self.subscription_service, name, user=user, external=external)

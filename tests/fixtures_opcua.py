@@ -46,7 +46,7 @@ async def collect(driver: OpcUaDriver, seconds: float, *, until=None) -> list[Sa
 
     try:
         await asyncio.wait_for(run(), max(deadline - time.monotonic(), 0.01))
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         pass
     return batches
 

@@ -79,7 +79,7 @@ async def test_subscribe_delivers_values_qualities_and_timestamps(opcua_sim):
     await driver.connect()
     try:
         batches = await collect(driver, 6.0, until=lambda bs: any(
-            v[0] is True for b in bs for t, v in zip(b.tag, zip(b.value)) if t == "cycle_active")
+            v[0] is True for b in bs for t, v in zip(b.tag, zip(b.value), strict=False) if t == "cycle_active")
             and sum(len(b) for b in bs) > 30)
     finally:
         await driver.close()
