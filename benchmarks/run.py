@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .common import Mosquitto, ProcWatch, Subscriber, percentile, proc_status
+from .common import Mosquitto, ProcWatch, Subscriber, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -302,6 +302,7 @@ def nc_truth_time(body: dict[str, Any], truth: dict[str, Any]) -> float | None:
 def _telemetry_tables(rows: int, devices: int = 4, tags: int = 1000, variants: int = 4):
     import numpy as np
     import pyarrow as pa
+
     from linetap.agent.records import TELEMETRY_SCHEMA, now_us
 
     out = []
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             ModbusScenario("40k", 4, 1000, 100, secs),
             ModbusScenario("80k", 4, 1000, 50, secs),
             ModbusScenario("160k", 4, 1000, 25, secs),
+            ModbusScenario("320k", 8, 1000, 25, secs),  # the ceiling: more devices than simulator processes
         ]
         drains = [1_000_000] + ([10_000_000] if args.long else [])
     ok = True
