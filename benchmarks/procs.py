@@ -65,6 +65,7 @@ async def _agent(args: argparse.Namespace) -> None:
     configure_logging("json", cfg.logging.level)
     agent = Agent(cfg)
     stop = _stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await agent.run(stop)
     if args.result:
         fwd = agent.forwarder.stats if agent.forwarder is not None else None
@@ -77,6 +78,15 @@ async def _agent(args: argparse.Namespace) -> None:
             "forwarder": dataclasses.asdict(fwd) if fwd is not None else None,
             "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }, default=str))
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task and where it waits, to stderr (the bench sends it when a stop hangs)."""
+    print(f"--- SIGUSR1 task dump at {time.time():.3f}", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()} done={task.done()} cancelling={task.cancelling()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
 
 
 async def _drain(args: argparse.Namespace) -> None:

@@ -70,6 +70,8 @@ class Child:
                                      stdout=subprocess.PIPE, stderr=self._log)
         self.info: dict[str, Any] = {}
         self.wrapped = bool(wrap)
+        self.hung = False
+        self._pid: int | None = None
 
     def ready(self, timeout: float = 30.0) -> dict[str, Any]:
         line: list[bytes] = []
@@ -87,23 +89,40 @@ class Child:
         """The Python process (under py-spy: py-spy's child)."""
         if not self.wrapped:
             return self.proc.pid
+        if self._pid is not None:
+            return self._pid
         for _ in range(100):
             with contextlib.suppress(OSError):
-                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-                if kids:
-                    return int(kids[0])
+                for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                    kids = (task / "children").read_text().split()
+                    if kids:
+                        self._pid = int(kids[0])
+                        return self._pid
             time.sleep(0.05)
         raise RuntimeError("py-spy child not found")
 
-    def terminate(self, timeout: float = 30.0) -> int | None:
+    def terminate(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait. A child that does not stop gets SIGUSR1 (the agent dumps its asyncio
+        tasks to its log), then SIGKILL; `hung` says so. Under py-spy only the Python child is killed,
+        so py-spy still writes its profile."""
         if self.proc.poll() is None:
+            pid = self.pid
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+                self.hung = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+                    time.sleep(1.0)
+                    os.kill(pid, signal.SIGKILL)
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -200,6 +219,7 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         elapsed = watch.stop()
         st1 = read_status(cfg)
         agent_rc = agent.terminate()
+        res.values["agent_stop"] = "HUNG on SIGTERM (killed; task dump in agent.log)" if agent.hung else "clean"
         for s in sims:
             s.terminate()
         time.sleep(0.3)  # the last events in flight
@@ -480,6 +500,9 @@ def print_table(results: list[Result], out=print) -> None:
                 f"{_f(v.get('backlog_growth'))} | {_f(v['cpu_agent'], '{:.2f}')} | "
                 f"{_mb(v['rss_agent_max'])} / {_mb(v['hwm_agent'])} | {_f(v.get('cpu_sims'), '{:.2f}')} | "
                 f"{_f(v.get('cpu_broker'), '{:.2f}')} | {_f(v.get('cpu_bench'), '{:.2f}')} |")
+        for r in mod:
+            if r.values.get("agent_stop") not in (None, "clean"):
+                out(f"- {r.name}: agent {r.values['agent_stop']}")
         lat = [r for r in mod if r.kind == "modbus"]
         out("\n### Latency (ms), same runs, telemetry at the load above")
         out("| run | telemetry: agent read -> subscriber p50 / p99 | telemetry: new serial at simulator -> "
