@@ -106,13 +106,33 @@ def simulate_modbus(
     cycle_time: float = typer.Option(2.0, help="seconds per unit"),
     out_of_limit: float = typer.Option(0.1, help="share of units made out of limits (0..1)"),
     seed: int = typer.Option(1, help="random seed (same seed, same units)"),
+    speed: float = typer.Option(1.0, help="model seconds per real second (e.g. 10 for fast tests)"),
 ) -> None:
     """Serve the heat-sealing station over Modbus TCP until Ctrl-C."""
+    from linetap.agent.logs import configure_logging
     from linetap.simulators.modbus_server import serve_modbus
 
-    typer.echo(f"Modbus station simulator on {host}:{port} (Ctrl-C to stop)")
-    _run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time,
-                                                out_of_limit_share=out_of_limit, seed=seed, stop=stop))
+    configure_logging("auto", "info")
+    _run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time, out_of_limit_share=out_of_limit,
+                                                seed=seed, speed=speed, stop=stop))
+
+
+@simulate_app.command("opcua")
+def simulate_opcua(
+    port: int = typer.Option(4840, help="TCP port (0 = any free port)"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
+    cycle_time: float = typer.Option(2.0, help="seconds per unit"),
+    out_of_limit: float = typer.Option(0.1, help="share of units made out of limits (0..1)"),
+    seed: int = typer.Option(1, help="random seed (same seed, same units)"),
+    bulk: int = typer.Option(0, help="extra Double variables under Line/Bulk, changing every 100 ms (load tests)"),
+) -> None:
+    """Serve the heat-sealing station over OPC UA (Objects/Line/Sealer1/...) until Ctrl-C."""
+    from linetap.agent.logs import configure_logging
+    from linetap.simulators.opcua_server import serve_opcua
+
+    configure_logging("auto", "info")
+    _run_until_signal(lambda stop: serve_opcua(host, port, cycle_time=cycle_time, out_of_limit_share=out_of_limit,
+                                               seed=seed, bulk_count=bulk, stop=stop))
 
 
 @app.command()

@@ -539,12 +539,13 @@ async def serve_modbus(
     out_of_limit_share: float = 0.1,
     seed: int = 1,
     unit_id: int = 1,
+    speed: float = 1.0,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve a heat-sealing station until `stop` is set (or forever): `linetap simulate modbus`."""
     model = StationModel(seed=seed, cycle_time=cycle_time, out_of_limit_share=out_of_limit_share,
                          keep_units=10_000)
-    server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id)
+    server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id, speed=speed)
     await server.start()
     log.info("heat-sealer simulator running", endpoint=f"{host}:{server.port}", unit_id=unit_id,
              cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from linetap.agent.runtime import Agent
 from linetap.config.models import LineConfig
 from linetap.simulators import KNOWN_VALUES, STATION_TAGS
@@ -71,3 +72,23 @@ def telemetry_samples(msgs) -> list[dict[str, Any]]:
             out.append({"seq": doc["seq"] + i, "device": doc["device"], "tag": s["tag"][i], "value": s["value"][i],
                         "quality": s["quality"][i], "reason": s["reason"][i], "id": doc["id"]})
     return out
+
+
+def start_simulator_process(*args: str):
+    """`linetap simulate modbus --port 0 ARGS` in a subprocess: (process, bound port)."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "linetap.agent.cli", "simulate", "modbus", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if m := re.search(r'endpoint"?[=:] ?"?[\w.]+:(\d+)', line):
+            return proc, int(m.group(1))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("simulator did not report its port")

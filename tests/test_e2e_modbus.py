@@ -18,9 +18,11 @@ from agent_helpers import (
     modbus_device,
     payloads,
     running_agent,
+    start_simulator_process,
     telemetry_samples,
 )
 from fixtures_sim import ModelClock
+
 from linetap.buffers import DuckDBBuffer
 from linetap.simulators import KNOWN_VALUES, STATION_TAGS, ModbusStationServer, StationModel
 
@@ -128,10 +130,8 @@ async def test_modbus_server_down_gives_bad_quality_and_device_state_then_recove
 
 def test_sigterm_stops_linetap_run_cleanly(tmp_path, broker):
     """`linetap run` in a subprocess: SIGTERM -> exit 0, everything committed is in the buffer."""
-    sim_proc = subprocess.Popen([sys.executable, "-m", "linetap.agent.cli", "simulate", "modbus", "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sim_proc, port = start_simulator_process()
     try:
-        port = _read_sim_port(sim_proc)
         cfg_path = tmp_path / "line.yaml"
         cfg = line_config(tmp_path, broker, [modbus_device(port, poll_interval="50ms")],
                           logging={"format": "json", "level": "info"})
@@ -154,15 +154,6 @@ def test_sigterm_stops_linetap_run_cleanly(tmp_path, broker):
         assert stats["telemetry"].pending == 0, "the clean stop delivered what it had"
     finally:
         buf.close()
-
-
-def _read_sim_port(proc: subprocess.Popen) -> int:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if "endpoint=" in line:
-            return int(line.split("endpoint=")[1].split()[0].rsplit(":", 1)[1])
-    raise AssertionError("simulator did not report its port")
 
 
 def _yaml(cfg) -> str:

@@ -8,6 +8,7 @@ import sys
 import orjson
 import pyarrow.parquet as pq
 import pytest
+
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.agent.verify import verify
 from linetap.buffers import DuckDBBuffer
