@@ -194,6 +194,28 @@ def export(
 
 
 @app.command()
+def replay(
+    config: Path = typer.Argument(..., help="line config (YAML)"),
+    stream: str = typer.Option(..., help="telemetry, units or events"),
+    from_seq: int = typer.Option(..., help="first seq to re-send"),
+    to_seq: int | None = typer.Option(None, help="last seq to re-send (default: the last one)"),
+) -> None:
+    """Re-send a range of one stream to the broker (same ids), e.g. when the MES asks for it. Stop the agent first."""
+    from linetap.agent.replay import replay as do_replay
+    from linetap.buffers import BufferError
+
+    if stream not in ("telemetry", "units", "events"):
+        raise typer.BadParameter("expected telemetry, units or events", param_hint="--stream")
+    cfg = _load_or_exit(config)
+    try:
+        n = do_replay(cfg, stream, from_seq, to_seq)
+    except (BufferError, OSError, RuntimeError, TimeoutError) as err:
+        typer.echo(f"linetap: replay failed: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    typer.echo(f"re-sent {n} {stream} records from seq {from_seq}")
+
+
+@app.command()
 def verify(files: list[Path] = typer.Argument(..., help="JSON Lines captures of the MQTT stream or exports")) -> None:
     """Check captured records: hash chains, missing seqs, differing duplicates, order. Exit 1 on any finding."""
     from linetap.agent.verify import render

@@ -1,0 +1,83 @@
+"""`linetap replay`: re-send a range of one stream to the broker, on request from the MES.
+
+The messages are built from the buffer's rows exactly as the forwarder builds them (same ids,
+same content; only `sent_at` differs), published at QoS 1 and confirmed one by one. The agent's
+own cursor is not touched. Run it while the agent is stopped (the buffer file is locked while
+the agent runs).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+import structlog
+
+from linetap.agent.export import CHUNK
+from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
+from linetap.agent.records import StoredRecord, now_us
+from linetap.buffers import DuckDBBuffer
+from linetap.config.models import LineConfig
+
+log = structlog.get_logger("linetap.replay")
+
+
+def _client(cfg: LineConfig) -> mqtt.Client:
+    m = cfg.mqtt
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linetap-replay-{cfg.agent.id}",
+                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
+    if m.username:
+        client.username_pw_set(m.username, m.password_value())
+    if m.tls is not None:
+        client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                       certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                       keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+                       cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(m.tls.insecure)
+    client.max_inflight_messages_set(m.max_inflight)
+    return client
+
+
+def replay(cfg: LineConfig, stream: str, from_seq: int, to_seq: int | None = None, timeout: float = 30.0) -> int:
+    """Publish rows from_seq..to_seq of `stream`; returns the number of records sent."""
+    buf = DuckDBBuffer(cfg.buffer.path, cfg.agent.id)
+    client = _client(cfg)
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=int(cfg.mqtt.keepalive))
+        client.loop_start()
+        query, params = buf.export_query(stream, from_seq, to_seq)
+        topics = Topics.from_config(cfg)
+        sent = 0
+        offset = 0
+        while True:
+            table = buf.query_arrow(f"{query} LIMIT {CHUNK} OFFSET {offset}", params)
+            if table.num_rows == 0:
+                break
+            offset += table.num_rows
+            pending = []
+            if stream == "telemetry":
+                for topic, _first, _last, payload in iter_telemetry_messages(
+                        cfg.agent.id, table, cfg.mqtt.telemetry_batch, topics, sent_at=now_us()):
+                    pending.append(client.publish(topic, payload, qos=1))
+            else:
+                for row in table.to_pylist():
+                    rec = StoredRecord(stream, row["seq"], row["id"], row["recorded_at"], orjson.loads(row["body"]),
+                                       row["prev_hash"], row["hash"])
+                    pending.append(client.publish(topics.record(rec), encode_record(cfg.agent.id, rec, now_us()),
+                                                  qos=1))
+            deadline = time.monotonic() + timeout
+            for info in pending:
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise RuntimeError(f"publish refused by the client: {mqtt.error_string(info.rc)}")
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+                if not info.is_published():
+                    raise TimeoutError(f"the broker did not acknowledge within {timeout:g}s")
+            sent += table.num_rows
+        log.info("replay done", stream=stream, from_seq=from_seq, to_seq=to_seq, records=sent)
+        return sent
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        buf.close()
