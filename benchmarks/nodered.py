@@ -156,7 +156,7 @@ def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print) -> Res
             tel = sub.rx.telemetry_lat[m0:m1]
         lat = [(t - a / 1e6) * 1000 for t, a, _ in tel]
         offered = sc.devices * sc.tags * 1000 / sc.interval_ms
-        return Result("nodered", "node-red", {
+        return Result("nodered", f"node-red-{sc.devices}x{sc.tags}@{sc.interval_ms}", {
             "devices": sc.devices, "tags": sc.tags, "interval_ms": sc.interval_ms, "offered": offered,
             "delivered": (s1 - s0) / elapsed, "messages_per_s": (m1 - m0) / elapsed, "first_sample_s": round(first, 2),
             "cpu_agent": watch.cpu["nodered"], "cpu_sims": watch.cpu["sims"], "cpu_broker": watch.cpu["broker"],
@@ -183,7 +183,7 @@ def compare(sc: ModbusScenario, work: Path, max_sims: int, results: list[Result]
     """linetap and Node-RED on the same setting, one after the other, in one invocation."""
     log(f"- Node-RED side by side: {sc.devices} devices x {sc.tags} tags @ {sc.interval_ms} ms", flush=True)
     install(log)
-    lt = run_modbus(ModbusScenario("linetap-vs", sc.devices, sc.tags, sc.interval_ms, sc.seconds), work, max_sims)
+    lt = run_modbus(ModbusScenario(f"linetap-vs-{sc.devices}x{sc.tags}@{sc.interval_ms}", sc.devices, sc.tags, sc.interval_ms, sc.seconds), work, max_sims)
     log(f"  linetap {lt.values['delivered']:,.0f} samples/s, {lt.values['cpu_agent']:.2f} cores", flush=True)
     nr = run_nodered(sc, work, max_sims, log)
     log(f"  Node-RED {nr.values['delivered']:,.0f} samples/s, {nr.values['cpu_agent']:.2f} cores", flush=True)

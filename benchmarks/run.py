@@ -608,12 +608,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodered and wanted("nodered"):
         from . import nodered
 
-        sc = ModbusScenario("nodered-vs", 4, 1000, 100, secs)
-        try:
-            results.extend(nodered.compare(sc, work, args.max_sims, results))
-        except Exception as exc:  # noqa: BLE001
-            ok = False
-            print(f"  Node-RED FAILED: {exc}", flush=True)
+        settings = [(2, 100, 100)] if args.smoke else [(4, 1000, 100), (4, 1000, 25)]  # the target, and a ceiling
+        for devices, tags, interval in settings:
+            sc = ModbusScenario(f"nodered-{devices}x{tags}@{interval}", devices, tags, interval, secs)
+            try:
+                results.extend(nodered.compare(sc, work, args.max_sims, results))
+            except Exception as exc:  # noqa: BLE001
+                ok = False
+                print(f"  Node-RED FAILED: {exc}", flush=True)
     profile_text = None
     if args.profile and (wanted("profile") or "profile" in only):
         sc = ModbusScenario("80k", 4, 1000, 50, secs)
