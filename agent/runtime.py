@@ -256,6 +256,7 @@ class Agent:
                 "written_at": now_us(),
                 "buffer": str(self.config.buffer.path),
                 "file_size": await self.buffer.file_size(),
+                "gaps": await self.buffer.gaps(),
                 "streams": [dataclasses.asdict(s) for s in streams],
                 "devices": {n: {"state": d.state, "reason": d.reason, "samples": d.samples}
                             for n, d in self.stats.devices.items()},

@@ -44,6 +44,7 @@ def _from_buffer(cfg: LineConfig) -> dict[str, Any]:
         return {
             "streams": [dataclasses.asdict(s) for s in buf.stats(SINK)],
             "file_size": buf.file_size(),
+            "gaps": buf.gaps(),
         }
     finally:
         buf.close()
@@ -76,6 +77,10 @@ def print_status(cfg: LineConfig) -> int:
     for s in doc["streams"]:
         typer.echo(f"{s['stream']:<10} {s['last_seq']:>12} {s['cursor']:>12} {s['pending']:>10} "
                    f"{_age(s['oldest_pending_at']):>14}")
+    gap_events, dropped = doc.get("gaps") or (0, 0)
+    if gap_events:
+        typer.echo(f"gaps: {gap_events} gap event(s), {dropped} telemetry samples dropped at the size cap "
+                   f"({cfg.buffer.max_size / 1e6:.0f} MB)")
     for name, dev in (doc.get("devices") or {}).items():
         reason = f" ({dev['reason']})" if dev.get("reason") else ""
         typer.echo(f"device {name}: {dev['state']}{reason}, {dev['samples']} samples since start")

@@ -290,6 +290,13 @@ class DuckDBBuffer:
             out.append(StreamStats(stream, self._last[stream][0], cur, pending, oldest))
         return out
 
+    def gaps(self) -> tuple[int, int]:
+        """(gap events, telemetry samples they say were dropped), over the events still kept."""
+        n, dropped = self._con.execute(
+            """SELECT count(*), coalesce(sum(json_extract(body, '$.count')::BIGINT), 0) FROM events
+               WHERE body LIKE '%"kind":"gap"%'""").fetchall()[0]
+        return n, dropped
+
     def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
         """Delete rows the sink acknowledged that are older than the retention limit, in bulk."""
         deleted = {}
@@ -407,6 +414,9 @@ class AsyncBuffer:
 
     async def stats(self, sink: str = "mqtt") -> list[StreamStats]:
         return await self._call(self._buffer.stats, sink)
+
+    async def gaps(self) -> tuple[int, int]:
+        return await self._call(self._buffer.gaps)
 
     async def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
         return await self._call(self._buffer.purge_delivered, sink, older_than_us)

@@ -228,3 +228,13 @@ def test_size_cap_never_drops_records_and_says_so(path):
     assert result.over_cap and not result.gaps
     assert len(buf.read_records("units", 0, 10_000)) == 5000
     buf.close()
+
+
+def test_gaps_are_counted_for_status(path):
+    buf = DuckDBBuffer(path, AGENT)
+    assert buf.gaps() == (0, 0)
+    for i in range(40):
+        buf.append(batch("d", 25_000, ts=i))
+    result = buf.enforce_cap(4 * 2**20, "mqtt")
+    assert buf.gaps() == (len(result.gaps), sum(g.data["count"] for g in result.gaps))
+    buf.close()

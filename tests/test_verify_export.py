@@ -143,3 +143,14 @@ def test_replay_resends_a_range_with_the_same_ids(line, broker, capture):
     r = subprocess.run([sys.executable, "-m", "linetap.agent.cli", "replay", str(cfg_path), "--stream", "telemetry",
                         "--from-seq", "8"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "re-sent 43 telemetry records" in r.stdout, r.stderr
+
+
+def test_status_reads_the_buffer_when_the_agent_is_not_running(line):
+    cfg_path, tmp = line
+    r = subprocess.run([sys.executable, "-m", "linetap.agent.cli", "status", str(cfg_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "agent not running" in r.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[2:5]}
+    assert rows["telemetry"][:3] == ["50", "0", "50"]  # last seq, cursor, unsent
+    assert rows["units"][:3] == ["5", "0", "5"]
