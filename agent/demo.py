@@ -22,6 +22,7 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+
 from linetap.agent.logs import configure_logging
 from linetap.agent.records import Quality
 from linetap.agent.runtime import Agent

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import orjson
+
 from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
 from linetap.agent.records import StoredRecord
 from linetap.buffers import DuckDBBuffer

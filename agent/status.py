@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import typer
+
 from linetap.agent.records import now_us
 from linetap.config.models import LineConfig
 

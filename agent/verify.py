@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from linetap.agent.integrity import GENESIS, canonical_json, record_hash
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlparse
 
-from linetap.drivers import DeviceConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from linetap.drivers import DeviceConfig
 
 from .capture import StationCapture
 from .units import ByteSize, Duration
