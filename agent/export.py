@@ -7,6 +7,7 @@ checks a capture of the MQTT stream. CSV and Parquet are the buffer's own rows.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -39,23 +40,33 @@ def export(cfg: LineConfig, stream: str, fmt: str, output: Path | None, *, from_
         buf.close()
 
 
-def _jsonl(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: list, out) -> int:
+def iter_messages(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: list, sent_at: int
+                  ) -> Iterator[tuple[list[tuple[str, bytes]], int]]:
+    """The rows a query selects, as MQTT messages built exactly as the forwarder builds them:
+    per chunk of rows, ([(topic, payload), ...], rows in the chunk)."""
     agent = cfg.agent.id
     topics = Topics.from_config(cfg)
-    count = 0
     offset = 0
     while True:
         table = buf.query_arrow(f"{query} LIMIT {CHUNK} OFFSET {offset}", params)
         if table.num_rows == 0:
-            return count
+            return
         offset += table.num_rows
-        count += table.num_rows
         if stream == "telemetry":
-            for _topic, _first, _last, payload in iter_telemetry_messages(agent, table, cfg.mqtt.telemetry_batch,
-                                                                         topics, sent_at=0):
-                out.write(payload + b"\n")
+            messages = [(topic, payload) for topic, _first, _last, payload in
+                        iter_telemetry_messages(agent, table, cfg.mqtt.telemetry_batch, topics, sent_at=sent_at)]
         else:
+            messages = []
             for row in table.to_pylist():
                 rec = StoredRecord(stream, row["seq"], row["id"], row["recorded_at"], orjson.loads(row["body"]),
                                    row["prev_hash"], row["hash"])
-                out.write(encode_record(agent, rec, sent_at=0) + b"\n")
+                messages.append((topics.record(rec), encode_record(agent, rec, sent_at=sent_at)))
+        yield messages, table.num_rows
+
+
+def _jsonl(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: list, out) -> int:
+    count = 0
+    for messages, rows in iter_messages(buf, cfg, stream, query, params, sent_at=0):
+        out.writelines(payload + b"\n" for _topic, payload in messages)
+        count += rows
+    return count

@@ -11,13 +11,11 @@ from __future__ import annotations
 import ssl
 import time
 
-import orjson
 import paho.mqtt.client as mqtt
 import structlog
 
-from linetap.agent.export import CHUNK
-from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
-from linetap.agent.records import StoredRecord, now_us
+from linetap.agent.export import iter_messages
+from linetap.agent.records import now_us
 from linetap.buffers import DuckDBBuffer
 from linetap.config.models import LineConfig
 
@@ -48,25 +46,9 @@ def replay(cfg: LineConfig, stream: str, from_seq: int, to_seq: int | None = Non
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=int(cfg.mqtt.keepalive))
         client.loop_start()
         query, params = buf.export_query(stream, from_seq, to_seq)
-        topics = Topics.from_config(cfg)
         sent = 0
-        offset = 0
-        while True:
-            table = buf.query_arrow(f"{query} LIMIT {CHUNK} OFFSET {offset}", params)
-            if table.num_rows == 0:
-                break
-            offset += table.num_rows
-            pending = []
-            if stream == "telemetry":
-                for topic, _first, _last, payload in iter_telemetry_messages(
-                        cfg.agent.id, table, cfg.mqtt.telemetry_batch, topics, sent_at=now_us()):
-                    pending.append(client.publish(topic, payload, qos=1))
-            else:
-                for row in table.to_pylist():
-                    rec = StoredRecord(stream, row["seq"], row["id"], row["recorded_at"], orjson.loads(row["body"]),
-                                       row["prev_hash"], row["hash"])
-                    pending.append(client.publish(topics.record(rec), encode_record(cfg.agent.id, rec, now_us()),
-                                                  qos=1))
+        for messages, rows in iter_messages(buf, cfg, stream, query, params, sent_at=now_us()):
+            pending = [client.publish(topic, payload, qos=1) for topic, payload in messages]
             deadline = time.monotonic() + timeout
             for info in pending:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -74,7 +56,7 @@ def replay(cfg: LineConfig, stream: str, from_seq: int, to_seq: int | None = Non
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
                 if not info.is_published():
                     raise TimeoutError(f"the broker did not acknowledge within {timeout:g}s")
-            sent += table.num_rows
+            sent += rows
         log.info("replay done", stream=stream, from_seq=from_seq, to_seq=to_seq, records=sent)
         return sent
     finally:
