@@ -95,9 +95,7 @@ class Agent:
                 self.ready.set()
                 await stop.wait()
                 log.info("agent stopping")
-                for task in [*devices, house]:
-                    task.cancel()
-                await asyncio.gather(*devices, house, return_exceptions=True)
+                await _cancel_all([*devices, house])
                 await self._queue.join()  # the writer has committed everything produced
                 writer.cancel()
                 await self._grace(forwarder)
@@ -265,6 +263,16 @@ class Agent:
             tmp = self.status_file.with_name(self.status_file.name + ".tmp")
             tmp.write_bytes(orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2))
             tmp.replace(self.status_file)
+
+
+async def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel and wait, cancelling again while any is left: on Python 3.11 a library's
+    `asyncio.wait_for` can swallow a cancellation that lands together with its result."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
 
 
 def status_path(config: LineConfig) -> Path:

@@ -219,11 +219,19 @@ class DuckDBBuffer:
         return self._last[stream][1]
 
     def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
-        """Rows with seq > after_seq, in seq order: `seq` plus the TELEMETRY_SCHEMA columns."""
-        return self._con.sql(
-            f"SELECT seq, {_TELEMETRY_COLUMNS} FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
-            params=[after_seq, limit],
-        ).to_arrow_table()
+        """Rows with seq > after_seq, in seq order: `seq` plus the TELEMETRY_SCHEMA columns.
+
+        Seqs are contiguous except where the size cap or retention deleted rows, so the read is a
+        bounded range (an unbounded `seq > x ORDER BY seq LIMIT n` sorts the whole backlog: 175 ms
+        per 20k rows with 5M rows ahead, against ~5 ms). Fewer rows than `limit` may come back
+        where rows were deleted; an empty range skips to the next seq that exists."""
+        query = f"SELECT seq, {_TELEMETRY_COLUMNS} FROM telemetry WHERE seq > ? AND seq <= ? ORDER BY seq"
+        table = self._con.sql(query, params=[after_seq, after_seq + limit]).to_arrow_table()
+        if table.num_rows == 0 and after_seq + limit < self._last["telemetry"][0]:
+            nxt = self._con.execute("SELECT min(seq) FROM telemetry WHERE seq > ?", [after_seq]).fetchall()[0][0]
+            if nxt is not None:
+                table = self._con.sql(query, params=[nxt - 1, nxt - 1 + limit]).to_arrow_table()
+        return table
 
     def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
         _check_record_stream(stream)

@@ -68,8 +68,12 @@ class PollingDriver(Driver):
     async def samples(self) -> AsyncIterator[SampleBatch]:
         # Fixed-rate schedule: a slow read does not shift later polls; missed slots are skipped.
         next_at = time.monotonic()
+        task = asyncio.current_task()
         while True:
-            yield await self.read()
+            batch = await self.read()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancellation a library swallowed (3.11 wait_for)
+            yield batch
             next_at += self.interval
             now = time.monotonic()
             if next_at < now:

@@ -443,7 +443,8 @@ class ModbusDriver(PollingDriver):
         self._capture_connect_errors(client)
         self._connect_error = None
         try:
-            ok = await asyncio.wait_for(client.connect(), cfg.timeout)
+            async with asyncio.timeout(cfg.timeout):  # not wait_for: it can swallow a cancel on 3.11
+                ok = await client.connect()
         except TimeoutError:
             ok = False
             self._connect_error = TimeoutError(f"no answer within {cfg.timeout:g}s")
@@ -582,7 +583,8 @@ class ModbusDriver(PollingDriver):
         else:
             call = client.read_discrete_inputs(block.address, **kwargs)
         try:
-            response = await asyncio.wait_for(call, cfg.timeout)
+            async with asyncio.timeout(cfg.timeout):
+                response = await call
         except TimeoutError:
             raise _BlockFailure("timeout", f"timeout after {cfg.timeout:g}s") from None
         except ConnectionException as err:

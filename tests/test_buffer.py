@@ -238,3 +238,19 @@ def test_gaps_are_counted_for_status(path):
     result = buf.enforce_cap(4 * 2**20, "mqtt")
     assert buf.gaps() == (len(result.gaps), sum(g.data["count"] for g in result.gaps))
     buf.close()
+
+
+def test_reads_step_over_deleted_ranges(path):
+    buf = DuckDBBuffer(path, AGENT)
+    for i in range(10):
+        buf.append(batch("d", 1000, ts=i))
+    buf._con.execute("DELETE FROM telemetry WHERE seq BETWEEN 2001 AND 7500").fetchall()  # as the size cap does
+    seqs, cursor = [], 0
+    while True:
+        table = buf.read_telemetry(cursor, 1000)
+        if table.num_rows == 0:
+            break
+        seqs.extend(table.column("seq").to_pylist())
+        cursor = seqs[-1]
+    assert seqs == [*range(1, 2001), *range(7501, 10_001)]
+    buf.close()
