@@ -95,6 +95,8 @@ class MQTTForwarder:
         self.agent = config.agent.id
         self.topics = Topics.from_config(config)
         self.window = self.mqtt.max_inflight
+        # Window slots telemetry may not take, so a non-conformance never waits behind a full window.
+        self.reserve = min(4, self.window // 4)
         self.batch = self.mqtt.telemetry_batch
         self.chunk_rows = max(self.batch, 20_000)
         self.client_id = self.mqtt.client_id or f"linetap-{self.agent}"
@@ -369,6 +371,8 @@ class MQTTForwarder:
                                         encode_record(self.agent, r, sent_at)))
                     break
             else:
+                if self._unacked >= self.window - self.reserve:
+                    return  # the last slots are kept for events and unit records
                 if not self._spans:
                     if await buf.last_seq("telemetry") <= self._read_pos["telemetry"]:
                         return

@@ -432,6 +432,32 @@ async def test_window_is_bounded_while_the_broker_is_frozen(broker, capture, buf
     assert (await cursors(buf))["telemetry"] == total
 
 
+@pytest.mark.timeout(60)
+async def test_an_event_gets_a_slot_when_telemetry_fills_the_window(broker, capture, buf):
+    for i in range(10):
+        await buf.append(telemetry=big_table("press1", 10_000, i * 1e4))
+    window = 8
+    cfg = line_config(broker, telemetry_batch=100, max_inflight=window, keepalive=30)
+    async with forwarding(cfg, buf) as fwd:
+        await capture.until(lambda ms: samples_received(ms) >= 2_000, timeout=10)
+        broker.freeze()
+        try:
+            await asyncio.sleep(0.3)
+            assert fwd.stats.inflight == window - fwd.reserve, "telemetry leaves the reserved slots free"
+            sent = fwd.stats.messages_sent
+            await buf.append(events=[Event("nonconformance", 1, "press1", "sealer1", {"serial": "SN-9"})])
+            fwd.notify()
+            for _ in range(100):
+                if fwd.stats.messages_sent > sent:
+                    break
+                await asyncio.sleep(0.01)
+            assert fwd.stats.messages_sent == sent + 1, "the event went out although the broker is frozen"
+        finally:
+            broker.thaw()
+        msgs = await capture.until(lambda ms: any(m.topic.endswith("/events") for m in ms), timeout=10)
+    assert samples_received(msgs) < 100_000, "the event arrived ahead of the telemetry backlog"
+
+
 def test_topics_from_config():
     class FakeBroker:
         host, port = "127.0.0.1", 1
