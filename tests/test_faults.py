@@ -26,7 +26,7 @@ from fixtures_broker import MQTTCapture
 
 from linetap.agent.records import Quality, SampleBatch
 from linetap.agent.verify import verify
-from linetap.buffers import DuckDBBuffer
+from linetap.buffers import BufferCorrupt, DuckDBBuffer
 from linetap.config.loader import load_config
 from linetap.simulators import BULK_ADDRESS, ModbusStationServer, StationModel
 
@@ -203,3 +203,41 @@ def test_damaged_buffer_refuses_to_start_and_keeps_the_file(tmp_path, broker, da
     assert b"will not start over a damaged buffer" in r.stderr
     assert path.read_bytes() == damaged, "the damaged file is left as it was"
     assert list(path.parent.glob(path.name + ".corrupt-*")), "and a copy is kept aside"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scribble"])
+def test_damaged_wal_recovers_a_prefix_or_refuses(tmp_path, damage):
+    """A power cut mid-write: the WAL's tail is cut or scribbled. The buffer either opens with an
+    intact prefix of what was committed, or refuses with a clear error: never garbage, never empty."""
+    path = tmp_path / "buf.duckdb"
+    script = (
+        "import os, sys\n"
+        "from linetap.buffers import DuckDBBuffer\n"
+        "from linetap.agent.records import SampleBatch\n"
+        f"b = DuckDBBuffer({str(path)!r}, 'a')\n"
+        "b._con.execute('PRAGMA disable_checkpoint_on_shutdown').fetchall()\n"
+        "b._con.execute(\"SET checkpoint_threshold = '1TB'\").fetchall()\n"
+        "for i in range(20):\n"
+        "    b.append(SampleBatch('d', ['t'] * 1000, [float(i)] * 1000, [0] * 1000, [None] * 1000, i).to_arrow())\n"
+        "os._exit(0)  # no close, no checkpoint: everything is in the WAL\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    wal = path.with_name(path.name + ".wal")
+    assert wal.exists() and wal.stat().st_size > 0
+    data = bytearray(wal.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) * 2 // 3]
+    else:
+        mid = len(data) * 2 // 3
+        data[mid:mid + 64] = b"\xff" * 64
+    wal.write_bytes(bytes(data))
+    try:
+        buf = DuckDBBuffer(path, "a")
+    except BufferCorrupt as err:
+        assert "will not start over a damaged buffer" in str(err)
+        return
+    seqs = buf.read_telemetry(0, 100_000).column("seq").to_pylist()
+    last = buf.last_seq("telemetry")
+    buf.close()
+    assert seqs == list(range(1, last + 1)), "an intact prefix"
+    assert last % 1000 == 0, "whole transactions only"
