@@ -211,7 +211,9 @@ async def _render(out, agent: Agent, view: SubscriberView, cfg: LineConfig, brok
             lines.append(f"  buffer {s.stream:<9} last seq {s.last_seq:>10}  acked {s.cursor:>10}  unsent {s.pending:>8}")
     for name, dev in agent.stats.devices.items():
         lines.append(f"  device {name}: {dev.state}{' (' + dev.reason + ')' if dev.reason else ''}")
-        for tag, (value, quality) in list(dev.last_values.items())[:12]:
+        last = dev.last_batch
+        shown_tags = zip(last.tag, last.value, last.quality, strict=True) if last is not None else ()
+        for tag, value, quality in list(shown_tags)[:12]:
             q = "" if quality == Quality.GOOD else f"  [{Quality(quality).name.lower()}]"
             shown = f"{value:.2f}" if isinstance(value, float) else str(value)
             lines.append(f"      {tag:<22} {shown}{q}")

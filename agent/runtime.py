@@ -40,7 +40,7 @@ class DeviceStatus:
     reason: str | None = None
     batches: int = 0
     samples: int = 0
-    last_values: dict[str, Any] = field(default_factory=dict)
+    last_batch: SampleBatch | None = None  # the latest committed read (for live views; no per-sample copy)
 
 
 @dataclass
@@ -204,9 +204,7 @@ class Agent:
         table = pa.concat_tables([b.to_arrow() for b in batches]) if batches else None
         await self.buffer.append(table, pending.events, pending.units)
         for batch in batches:
-            values = self.stats.devices[batch.device].last_values
-            for tag, value, quality in zip(batch.tag, batch.value, batch.quality, strict=True):
-                values[tag] = (value, quality)
+            self.stats.devices[batch.device].last_batch = batch
         self.stats.samples_buffered += pending.samples
         self.stats.units += len(pending.units)
         self.stats.commits += 1

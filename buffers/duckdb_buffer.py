@@ -152,19 +152,18 @@ class DuckDBBuffer:
         units: Sequence[dict[str, Any]] = (),
     ) -> AppendResult:
         """Append everything given in one transaction; durable when this returns."""
-        return self._transaction(lambda: None, telemetry, events, units)[1]
+        return self._transaction(telemetry, events, units)
 
-    def _transaction(self, before, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
-                     units: Sequence[dict[str, Any]] = ()):
-        """Run `before()` then the appends, all in one transaction: (before's result, AppendResult)."""
+    def _transaction(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
+                     units: Sequence[dict[str, Any]] = (), before=None) -> AppendResult:
+        """The appends in one transaction, after `before()` (which may return more events to append)."""
         con = self._con
         last = dict(self._last)
         span: tuple[int, int] | None = None
         stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
         con.execute("BEGIN")
         try:
-            first_result = before()
-            events = list(events) if not callable(events) else events(first_result)
+            events = [*events, *(before() if before is not None else ())]
             if telemetry is not None and telemetry.num_rows:
                 first = last["telemetry"][0] + 1
                 n = telemetry.num_rows
@@ -201,7 +200,7 @@ class DuckDBBuffer:
             con.execute("ROLLBACK")
             raise
         self._last = last
-        return first_result, AppendResult(span, stored["events"], stored["units"])
+        return AppendResult(span, stored["events"], stored["units"])
 
     def _insert_arrow(self, table_name: str, batch: pa.Table) -> None:
         self._con.register("_linetap_batch", batch)
@@ -340,11 +339,21 @@ class DuckDBBuffer:
                 result.over_cap = True
                 break
             n = min(pending, max(chunk, pending // 10))
-            gap, _ = self._transaction(lambda n=n: self._drop_oldest_telemetry(sink, n, max_bytes),
-                                       events=lambda gap: [gap])
+            gap = self._drop_oldest_telemetry_with_gap(sink, n, max_bytes)
             result.gaps.append(gap)
             self._checkpoint()
         return result
+
+    def _drop_oldest_telemetry_with_gap(self, sink: str, n: int, max_bytes: int) -> Event:
+        """Delete the n oldest unsent samples and append their gap event, in one transaction."""
+        dropped: list[Event] = []
+
+        def delete() -> list[Event]:
+            dropped.append(self._drop_oldest_telemetry(sink, n, max_bytes))
+            return dropped
+
+        self._transaction(before=delete)
+        return dropped[0]
 
     def _drop_oldest_telemetry(self, sink: str, n: int, max_bytes: int) -> Event:
         cur = self.cursor(sink, "telemetry")
