@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import dataclasses
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +67,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .served import ServedStation
 from .station import (
     DWELL_LIMITS,
     PRESSURE_LIMITS,
@@ -284,7 +284,7 @@ class _Fault:
     code: int
 
 
-class ModbusStationServer:
+class ModbusStationServer(ServedStation):
     """Serves a `StationModel` over Modbus TCP, with fault injection for tests.
 
     `clock`: model seconds now (default: `speed` x seconds since the first `start()`); tests pass
@@ -301,14 +301,11 @@ class ModbusStationServer:
         clock: Callable[[], float] | None = None,
         speed: float = 1.0,
     ) -> None:
-        self.model = model
+        super().__init__(model, clock, speed)
         self.host = host
         self.unit_id = unit_id
         self._requested_port = port
         self._port: int | None = None
-        self._clock = clock
-        self._speed = speed
-        self._t0: float | None = None
         self._server: _StationTcpServer | None = None
         self._faults: list[_Fault] = []
         self._delay = 0.0
@@ -361,8 +358,7 @@ class ModbusStationServer:
         await server.serve_forever(background=True)
         self._server = server
         self._port = server.transport.sockets[0].getsockname()[1]
-        if self._t0 is None:
-            self._t0 = time.monotonic()
+        self._start_clock()
         log.info("modbus simulator listening", host=self.host, port=self._port, unit_id=self.unit_id)
 
     async def stop(self) -> None:
@@ -379,19 +375,6 @@ class ModbusStationServer:
                 await listener.wait_closed()
         await asyncio.sleep(0)  # let the transports finish closing
 
-    async def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down for `down_for` seconds, start again on the same port."""
-        await self.stop()
-        if down_for:
-            await asyncio.sleep(down_for)
-        await self.start()
-
-    async def __aenter__(self) -> ModbusStationServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- fault injection -------------------------------------------------------------------
 
@@ -448,13 +431,6 @@ class ModbusStationServer:
             self._frozen.pop(name, None)
 
     # --- serving ---------------------------------------------------------------------------
-
-    def model_time(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        if self._t0 is None:
-            return 0.0
-        return (time.monotonic() - self._t0) * self._speed
 
     def snapshot(self) -> StationSnapshot:
         """Move the model to now and return what is served (with frozen values applied)."""

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import datetime as _dt
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
 
+from .served import ServedStation
 from .station import State, StationModel, StationSnapshot
 
 log = structlog.get_logger("linetap.simulators.opcua")
@@ -154,7 +154,7 @@ class _PasswordUserManager:
 # --------------------------------------------------------------------------------------------
 
 
-class OpcUaStationServer:
+class OpcUaStationServer(ServedStation):
     """Serves a `StationModel` over OPC UA on `host:port` (port 0: a free port, kept across restarts).
 
     Security (optional): give `certificate` + `private_key` (server's) and `secure_only=True` to
@@ -182,13 +182,10 @@ class OpcUaStationServer:
         trust_dir: str | Path | None = None,
         application_uri: str = "urn:linetap:simulator:heat-sealer:server",
     ) -> None:
-        self.model = model
+        super().__init__(model, clock, speed)
         self.host = host
         self._requested_port = port
         self._port: int | None = None
-        self._clock = clock
-        self._speed = speed
-        self._t0: float | None = None
         self.update_interval = update_interval
         self.bulk_count = bulk_count
         self.bulk_interval = bulk_interval
@@ -273,8 +270,7 @@ class OpcUaStationServer:
         self._server, self._iserver = server, iserver
         bound = server.bserver.port if server.bserver is not None else port
         self._port = bound
-        if self._t0 is None:
-            self._t0 = time.monotonic()
+        self._start_clock()
         self._served.clear()
         await self._update()
         self._task = asyncio.create_task(self._run(), name="opcua-sim-update")
@@ -297,19 +293,6 @@ class OpcUaStationServer:
             await server.stop()
         await asyncio.sleep(0)
 
-    async def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down for `down_for` seconds, start again on the same port."""
-        await self.stop()
-        if down_for:
-            await asyncio.sleep(down_for)
-        await self.start()
-
-    async def __aenter__(self) -> OpcUaStationServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- address space ---------------------------------------------------------------------
 
@@ -352,13 +335,6 @@ class OpcUaStationServer:
             await server.write_attribute_value(nid, ua.DataValue(ua.Variant(int(value), ua.VariantType.UInt32)))
 
     # --- serving ---------------------------------------------------------------------------
-
-    def model_time(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        if self._t0 is None:
-            return 0.0
-        return (time.monotonic() - self._t0) * self._speed
 
     def snapshot(self) -> StationSnapshot:
         return self.model.step(self.model_time())
