@@ -8,9 +8,11 @@ At least once, in order, per stream (`events`, `units`, `telemetry`):
 - A bounded window: at most `mqtt.max_inflight` messages are unacknowledged (taken from the
   buffer but not PUBACKed) at any time, across streams; paho's own `max_inflight_messages`
   is the same number. Every `publish()` return code is checked.
-- Priority: events, then units, then telemetry. Before every telemetry message the
-  forwarder looks for new events/units (an in-memory counter, no query), so a telemetry
-  backlog delays an event by at most one window of acknowledgements.
+- Priority: events, then units, then telemetry. The writer hands freshly committed events
+  and unit records to `offer()`, which publishes them at once when the forwarder is caught up
+  on that stream; otherwise, before every telemetry message, the forwarder looks for new
+  events/units (an in-memory counter, no query). Telemetry never takes the last
+  `min(4, window/4)` window slots, so a telemetry backlog cannot hold an event back.
 - One paho client per connection (clean session): after a reconnect, the messages the old
   connection left unacknowledged are re-sent byte for byte (same id, same content, same
   `sent_at`), in order, before anything new; paho never replays a stale queue of its own.
@@ -42,7 +44,7 @@ from linetap.agent.payload import (
     encode_telemetry,
     telemetry_chunk,
 )
-from linetap.agent.records import now_us
+from linetap.agent.records import StoredRecord, now_us
 
 log = structlog.get_logger("linetap.forwarder")
 
@@ -139,6 +141,25 @@ class MQTTForwarder:
             wake.set()
         else:
             loop.call_soon_threadsafe(wake.set)
+
+    def offer(self, records: dict[str, list[StoredRecord]]) -> None:
+        """Events and unit records the writer just committed: publish them now, from memory, when
+        this forwarder is connected and caught up on their stream (no buffer read, no wait for the
+        pump). Otherwise, or for what does not fit the window, the pump reads them from the buffer."""
+        if self._client is None or not self.stats.connected or self._lost is None or self._lost.done():
+            self.notify()
+            return
+        sent_at = now_us()
+        try:
+            for stream in RECORD_STREAMS:
+                for r in records.get(stream, ()):
+                    if r.seq != self._read_pos[stream] + 1 or self._unacked >= self.window:
+                        break
+                    self._take(_Out(stream, r.seq, r.seq, self.topics.record(r), encode_record(self.agent, r, sent_at)))
+            self._send_queued()
+        except _ConnectionLost:
+            pass  # the pump sees the loss; what was taken is re-sent after the reconnect
+        self.notify()
 
     async def run(self) -> None:
         """Connect, forward, reconnect; until cancelled. On cancel: `offline` status, a short
@@ -367,6 +388,8 @@ class MQTTForwarder:
                     records = await buf.read_records(stream, self._read_pos[stream], self.window - self._unacked)
                     sent_at = now_us()
                     for r in records:
+                        if r.seq <= self._read_pos[stream]:
+                            continue  # offer() took it while the read ran
                         self._take(_Out(stream, r.seq, r.seq, self.topics.record(r),
                                         encode_record(self.agent, r, sent_at)))
                     break

@@ -201,8 +201,13 @@ class Agent:
 
     async def _commit(self, pending: _Pending) -> None:
         batches = pending.batches
-        table = pa.concat_tables([b.to_arrow() for b in batches]) if batches else None
-        await self.buffer.append(table, pending.events, pending.units)
+        if pending.events or pending.units:
+            # Their own small transaction ahead of the telemetry, handed straight to the
+            # forwarder: a non-conformance waits for neither the telemetry insert nor a buffer read.
+            result = await self.buffer.append(None, pending.events, pending.units)
+            self.forwarder.offer({"events": result.events, "units": result.units})
+        if batches:
+            await self.buffer.append(pa.concat_tables([b.to_arrow() for b in batches]))
         for batch in batches:
             self.stats.devices[batch.device].last_batch = batch
         self.stats.samples_buffered += pending.samples

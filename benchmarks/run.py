@@ -41,6 +41,9 @@ class ModbusScenario:
     interval_ms: int
     seconds: float
     warmup: float = 3.0
+    # The 12 station tags (unit capture, non-conformance) on their own connection polled this
+    # often, as a controls engineer sets up a fast poll group; None: in the bulk poll at interval_ms.
+    station_ms: int | None = 20
 
 
 @dataclass
@@ -142,7 +145,9 @@ def _example() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def line_config(workdir: Path, broker: Mosquitto, sim_ports: list[int], devices: int, tags: int,
-                interval_ms: int, stations: bool = True) -> dict[str, Any]:
+                interval_ms: int, stations: bool = True, station_ms: int | None = None) -> dict[str, Any]:
+    """Device `devN` holds the station tags; with `station_ms` it polls only those, that often, and
+    `devN-bulk` (a second connection to the same simulator) polls the bulk tags every `interval_ms`."""
     from linetap.simulators import BULK_ADDRESS, BULK_COUNT
 
     device, station = _example()
@@ -151,8 +156,15 @@ def line_config(workdir: Path, broker: Mosquitto, sim_ports: list[int], devices:
     devs, stns = [], []
     for i in range(devices):
         name = f"dev{i}"
-        devs.append({**device, "name": name, "port": sim_ports[i % len(sim_ports)],
-                     "poll_interval": f"{interval_ms}ms", "tags": [*device["tags"], *bulk]})
+        port = sim_ports[i % len(sim_ports)]
+        if station_ms is None:
+            devs.append({**device, "name": name, "port": port, "poll_interval": f"{interval_ms}ms",
+                         "tags": [*device["tags"], *bulk]})
+        else:
+            devs.append({**device, "name": name, "port": port, "poll_interval": f"{station_ms}ms"})
+            if bulk:
+                devs.append({**device, "name": f"{name}-bulk", "port": port, "poll_interval": f"{interval_ms}ms",
+                             "tags": bulk})
         if stations:
             stns.append({**station, "name": name, "device": name})
     return {
@@ -192,7 +204,8 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         broker.start()
         infos = [s.ready() for s in sims]
         sub = Subscriber(broker.host, broker.port, TOPIC_ROOT).start()
-        cfg = line_config(wd, broker, [i["port"] for i in infos], sc.devices, sc.tags, sc.interval_ms)
+        cfg = line_config(wd, broker, [i["port"] for i in infos], sc.devices, sc.tags, sc.interval_ms,
+                          station_ms=sc.station_ms)
         (wd / "config.json").write_text(json.dumps(cfg))
         wrap = None
         if profile is not None:
@@ -225,10 +238,13 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         time.sleep(0.3)  # the last events in flight
         truths = [json.loads((wd / f"truth{i}.json").read_text()) for i in range(n_sims)]
         agent_result = json.loads((wd / "agent.json").read_text()) if (wd / "agent.json").exists() else {}
-        tags_per_device = sc.tags + len(_example()[0]["tags"])
-        offered = sc.devices * tags_per_device * 1000 / sc.interval_ms
+        station_tags = len(_example()[0]["tags"])
+        tags_per_device = sc.tags + station_tags
+        per_device = sc.tags * 1000 / sc.interval_ms + station_tags * 1000 / (sc.station_ms or sc.interval_ms)
+        offered = sc.devices * per_device
         v = res.values
-        v.update(devices=sc.devices, tags=tags_per_device, interval_ms=sc.interval_ms, offered=offered,
+        v.update(devices=sc.devices, tags=tags_per_device, interval_ms=sc.interval_ms, station_ms=sc.station_ms,
+                 offered=offered,
                  window_s=round(elapsed, 2), first_sample_s=round(first_sample_s, 2),
                  delivered=(s1 - s0) / elapsed, agent_rc=agent_rc, profiled=profile is not None)
         for k in pids:
@@ -266,11 +282,16 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         v["tel_truth_n"] = len(lat_serial)
         v["tel_truth_p50"], v["tel_truth_p99"] = percentile(lat_serial, 50), percentile(lat_serial, 99)
         lat_nc_agent, lat_nc_truth, unmatched = [], [], 0
+        nc_split: dict[str, list[float]] = {"commit": [], "forward": [], "deliver": []}
         for t, doc in events:
             body = doc.get("body", {})
             if body.get("kind") != "nonconformance" or not (w0 <= t <= w1):
                 continue
             lat_nc_agent.append((t - body["ts"] / 1e6) * 1000)
+            # where the agent's part goes: read -> committed -> taken by the forwarder -> subscriber
+            nc_split["commit"].append((doc["recorded_at"] - body["ts"]) / 1e3)
+            nc_split["forward"].append((doc["sent_at"] - doc["recorded_at"]) / 1e3)
+            nc_split["deliver"].append((t - doc["sent_at"] / 1e6) * 1000)
             truth = truths[int(body["device"][3:]) % n_sims]
             tt = nc_truth_time(body, truth)
             if tt is None:
@@ -281,6 +302,7 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         v["nc_agent_p50"], v["nc_agent_p99"] = percentile(lat_nc_agent, 50), percentile(lat_nc_agent, 99)
         v["nc_truth_p50"], v["nc_truth_p99"] = percentile(lat_nc_truth, 50), percentile(lat_nc_truth, 99)
         v["nc_truth_max"] = max(lat_nc_truth, default=None)
+        v["nc_split"] = {k: (percentile(x, 50), percentile(x, 99)) for k, x in nc_split.items()}
         v["sim_requests_per_s"] = sum(t["requests"] for t in truths) / max(1e-9, time.time() - w0 + elapsed)
         return res
     finally:
@@ -495,8 +517,9 @@ def print_table(results: list[Result], out=print) -> None:
         out("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in mod:
             v = r.values
+            station = f" (station tags @ {v['station_ms']} ms)" if v.get("station_ms") else ""
             out(f"| {r.name}{' (py-spy)' if v.get('profiled') else ''} | {v['devices']} x {v['tags']} @ "
-                f"{v['interval_ms']} ms | {_f(v['offered'])} | {_f(v.get('read'))} | {_f(v['delivered'])} | "
+                f"{v['interval_ms']} ms{station} | {_f(v['offered'])} | {_f(v.get('read'))} | {_f(v['delivered'])} | "
                 f"{_f(v.get('backlog_growth'))} | {_f(v['cpu_agent'], '{:.2f}')} | "
                 f"{_mb(v['rss_agent_max'])} / {_mb(v['hwm_agent'])} | {_f(v.get('cpu_sims'), '{:.2f}')} | "
                 f"{_f(v.get('cpu_broker'), '{:.2f}')} | {_f(v.get('cpu_bench'), '{:.2f}')} |")
@@ -507,14 +530,16 @@ def print_table(results: list[Result], out=print) -> None:
         out("\n### Latency (ms), same runs, telemetry at the load above")
         out("| run | telemetry: agent read -> subscriber p50 / p99 | telemetry: new serial at simulator -> "
             "subscriber p50 / p99 (n) | NC: simulator ground truth -> subscriber p50 / p99 / max (n) | "
-            "NC: event ts (agent read) -> subscriber p50 / p99 |")
-        out("|---|---|---|---|---|")
+            "NC: event ts (agent read) -> subscriber p50 / p99 | NC split p50/p99: read -> committed, "
+            "committed -> published, published -> subscriber |")
+        out("|---|---|---|---|---|---|")
         for r in lat:
             v = r.values
             out(f"| {r.name} | {_f(v['tel_agent_p50'])} / {_f(v['tel_agent_p99'])} | {_f(v['tel_truth_p50'])} / "
                 f"{_f(v['tel_truth_p99'])} ({v['tel_truth_n']}) | {_f(v['nc_truth_p50'])} / {_f(v['nc_truth_p99'])} / "
                 f"{_f(v['nc_truth_max'])} ({v['nc_n']}{', unmatched ' + str(v['nc_unmatched']) if v['nc_unmatched'] else ''}) | "
-                f"{_f(v['nc_agent_p50'])} / {_f(v['nc_agent_p99'])} |")
+                f"{_f(v['nc_agent_p50'])} / {_f(v['nc_agent_p99'])} | "
+                + ", ".join(f"{_f(a)}/{_f(b)}" for a, b in v.get("nc_split", {}).values()) + " |")
     app = [r for r in results if r.kind == "append"]
     if app:
         out("\n### Buffer append (DuckDBBuffer.append, Arrow batches of 50,000 rows, one transaction each)")

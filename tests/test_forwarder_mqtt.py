@@ -508,3 +508,49 @@ async def test_tls_and_password(tmp_path, buf):
             check_stream(streams[s], s, expected[s], allow_duplicates=False)
     finally:
         tls_broker.stop()
+
+
+async def _connected(fwd: MQTTForwarder) -> None:
+    for _ in range(500):
+        if fwd.stats.connected:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the forwarder did not connect")
+
+
+@pytest.mark.timeout(60)
+async def test_offered_records_go_out_once_in_order_while_the_pump_reads_too(broker, capture, buf):
+    """The writer's hand-over (offer) and the pump's buffer reads race: each record once, in seq order."""
+    cfg = line_config(broker, keepalive=30)
+    async with forwarding(cfg, buf) as fwd:
+        await _connected(fwd)
+        for i in range(1, 121):
+            res = await buf.append(events=[event(i)], units=[unit(i)] if i % 3 == 0 else [])
+            if i % 4 == 0:
+                fwd.offer({"events": res.events, "units": res.units})
+            elif i % 4 == 1:
+                fwd.notify()
+            # otherwise neither: the next offer is then ahead of the forwarder and must wait for the pump
+        fwd.notify()
+        msgs = await capture.until(have_all({"events": 120, "units": 40}), timeout=20)
+    items = data(msgs)
+    check_stream(items["events"], "events", 120, allow_duplicates=False, validate=None)
+    check_stream(items["units"], "units", 40, allow_duplicates=False, validate=None)
+
+
+@pytest.mark.timeout(60)
+async def test_an_offered_event_goes_out_while_the_buffer_thread_is_busy(broker, capture, buf):
+    """A committed non-conformance is published from memory: no buffer read stands in its way."""
+    cfg = line_config(broker, keepalive=30)
+    async with forwarding(cfg, buf) as fwd:
+        await _connected(fwd)
+        res = await buf.append(events=[event(1, "sealer1")])
+        busy = asyncio.ensure_future(buf._call(time.sleep, 3.0))  # e.g. a long telemetry insert
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        fwd.offer({"events": res.events, "units": res.units})
+        msgs = await capture.until(lambda ms: any(m.topic.endswith("/events") for m in ms), timeout=10)
+        waited = time.monotonic() - t0
+        assert not busy.done() and waited < 2.0, "the event waited for the buffer thread"
+        await busy
+    check_stream(data(msgs)["events"], "events", 1, allow_duplicates=False)
