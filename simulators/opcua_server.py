@@ -207,6 +207,9 @@ class OpcUaStationServer(ServedStation):
         self._frozen: dict[str, Any] = {}
         self._status: dict[str, int] = {}
         self.writes = 0  # value writes since start (all nodes)
+        self.bulk_writes = 0  # of which bulk items
+        self.bulk_rounds = 0  # rounds of the bulk loop (every item written once per round)
+        self.bulk_late = 0  # rounds that started a whole interval or more behind schedule (CPU-bound)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -366,18 +369,36 @@ class OpcUaStationServer(ServedStation):
             self.writes += 1
 
     async def _run_bulk(self) -> None:
+        """Every bulk item changes once per `bulk_interval`, on a fixed schedule. A round that
+        finds itself a whole interval or more behind (CPU-bound) skips the missed rounds
+        (`bulk_late`), so `bulk_writes` over time is the change rate actually offered."""
+        loop = asyncio.get_running_loop()
+        interval = self.bulk_interval
+        next_at = loop.time()
+        write = self._iserver.aspace.write_attribute_value  # no two wrapper coroutines per write
+        value_attr = ua.AttributeIds.Value
+        double = ua.VariantType.Double
         while True:
-            await asyncio.sleep(self.bulk_interval)
-            server = self._server
-            if server is None:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                behind = int(-delay // interval)
+                if behind:
+                    self.bulk_late += behind
+                    next_at += behind * interval
+                await asyncio.sleep(0)  # let the server send what the last round queued
+            if self._server is None:
                 return
             t = self.model_time()
             now = _dt.datetime.now(_dt.UTC)
             for i, nid in enumerate(self._bulk_nodes):
-                value = round(i + math.sin(t + i / 10), 6)
-                await server.write_attribute_value(nid, ua.DataValue(
-                    ua.Variant(value, ua.VariantType.Double), SourceTimestamp=now, ServerTimestamp=now))
+                await write(nid, value_attr, _SharedDataValue(
+                    ua.Variant(round(i + math.sin(t + i / 10), 6), double), SourceTimestamp=now, ServerTimestamp=now))
             self.writes += len(self._bulk_nodes)
+            self.bulk_writes += len(self._bulk_nodes)
+            self.bulk_rounds += 1
 
     # --- fault injection -------------------------------------------------------------------
 
@@ -447,6 +468,18 @@ class OpcUaStationServer(ServedStation):
         i = self._iserver
         return {"read_calls": i.read_calls, "create_item_calls": i.create_item_calls,
                 "refused_calls": i.refused_calls} if i else {}
+
+
+class _SharedDataValue(ua.DataValue):
+    """A DataValue that asyncua's monitored items may share instead of deep-copying.
+
+    asyncua's server deep-copies every written DataValue once per monitored item
+    (`MonitoredItemValues.set_current_datavalue`), which was most of the simulator's CPU per change.
+    The simulator never mutates a value after writing it, so the copy is not needed. Encoded
+    exactly like a DataValue (the serializer follows the declared field type)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedDataValue:
+        return self
 
 
 def _field_value(snap: StationSnapshot, field: str) -> Any:
