@@ -39,6 +39,20 @@ class OpcUaScenario:
     warmup: float = 3.0
 
 
+def opcua_scenarios(smoke: bool, seconds: float) -> list[OpcUaScenario]:
+    if smoke:
+        return [OpcUaScenario("opcua-smoke", 1, 200, 100, seconds, warmup=1.0)]
+    return [
+        OpcUaScenario("1x1000@100", 1, 1000, 100, seconds),  # 10k/s: within one simulator's reach
+        OpcUaScenario("1x2000@100", 1, 2000, 100, seconds),  # 20k/s nominal: above it, offered = its maximum
+        OpcUaScenario("4x1000@100", 4, 1000, 100, seconds),  # 40k/s nominal: the target, 4 simulator processes
+    ]
+
+
+def opcua_profile_scenario(seconds: float) -> OpcUaScenario:
+    return OpcUaScenario("4x1000@100", 4, 1000, 100, seconds)
+
+
 def opcua_config(workdir: Path, broker: Mosquitto, endpoints: list[str], namespace: str, items: int,
                  interval_ms: int) -> dict[str, Any]:
     tags = [{"name": f"b{i:05d}", "node": f"nsu={namespace};s=Bulk.B{i:05d}"} for i in range(items)]
@@ -68,7 +82,7 @@ def _spy(pid: int, seconds: float, out: Path) -> Any:
     import subprocess
 
     return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(pid), "--nonblocking",
-                             "--rate", "100", "--duration", str(max(1, int(seconds))), "--format", "raw",
+                             "--threads", "--rate", "200", "--duration", str(max(1, int(seconds))), "--format", "raw",
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -566,11 +566,10 @@ def print_table(results: list[Result], out=print) -> None:
         out(f"\n### linetap / Node-RED ({r.name})")
         for k, val in r.values.items():
             out(f"- {k}: {val}")
-    opc = [r for r in results if r.kind == "opcua"]
-    for r in opc:
-        out(f"\n### OPC UA: {r.name}")
-        for k, val in r.values.items():
-            out(f"- {k}: {val}")
+    if any(r.kind == "opcua" for r in results):
+        from .opcua_bench import print_opcua_table
+
+        print_opcua_table(results, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", action="store_true", help="also the 10M-sample backlog drain")
     p.add_argument("--nodered", action="store_true", help="Node-RED side by side (npm install on first use)")
     p.add_argument("--profile", action="store_true", help="one more run of the 80k scenario under py-spy")
-    p.add_argument("--only", choices=("modbus", "drain", "nodered", "profile"), action="append",
+    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile"), action="append",
                    help="run only these parts")
     p.add_argument("--seconds", type=float, default=None, help="measurement window per end-to-end run")
     p.add_argument("--max-sims", type=int, default=4, help="simulator processes at most (one per device)")
@@ -621,6 +620,19 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report and go on
                 ok = False
                 print(f"  FAILED: {exc}", flush=True)
+    if wanted("opcua"):
+        from .opcua_bench import opcua_scenarios, run_opcua
+
+        for osc in opcua_scenarios(args.smoke, secs):
+            print(f"- opcua {osc.name}: {osc.sims} simulators x {osc.items} items @ {osc.interval_ms} ms, "
+                  f"{osc.seconds:g} s ...", flush=True)
+            try:
+                results.append(run_opcua(osc, work))
+                print(f"  offered {results[-1].values.get('offered') or 0:,.0f}/s, delivered "
+                      f"{results[-1].values['delivered']:,.0f} samples/s", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                ok = False
+                print(f"  FAILED: {exc}", flush=True)
     if wanted("drain"):
         for rows in drains:
             print(f"- backlog drain {rows:,} ...", flush=True)
@@ -642,6 +654,16 @@ def main(argv: list[str] | None = None) -> int:
                 ok = False
                 print(f"  Node-RED FAILED: {exc}", flush=True)
     profile_text = None
+    if args.profile and wanted("opcua") and not args.smoke:
+        from .opcua_bench import opcua_profile_scenario, run_opcua
+
+        osc = opcua_profile_scenario(secs)
+        print(f"- profile (py-spy) of the agent and one simulator at opcua {osc.name} ...", flush=True)
+        try:
+            results.append(run_opcua(osc, work / "profile-opcua", profile=True))
+        except Exception as exc:  # noqa: BLE001
+            ok = False
+            print(f"  opcua profile FAILED: {exc}", flush=True)
     if args.profile and (wanted("profile") or "profile" in only):
         sc = ModbusScenario("80k", 4, 1000, 50, secs)
         raw = work / "agent-profile.txt"
@@ -655,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     if profile_text:
         print("\n### Agent profile\n```\n" + profile_text + "\n```")
+    for r in results:
+        for who in ("agent", "sim"):
+            raw = r.values.get(f"{who}_profile") if r.kind == "opcua" else None
+            if raw:
+                text = summarize_profile(Path(raw), top=15)
+                print(f"\n### OPC UA {'agent' if who == 'agent' else 'simulator (one of them)'} profile ({r.name})"
+                      f"\n```\n{text}\n```")
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps({
@@ -664,8 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         # CI: the pipeline must deliver something end to end and drain completely
         e2e = [r for r in results if r.kind == "modbus"]
         drained = [r for r in results if r.kind == "drain"]
-        ok = ok and bool(e2e) and all(r.values["delivered"] > 0 for r in e2e) \
-            and all(r.values["complete"] for r in drained)
+        opc = [r for r in results if r.kind == "opcua"]
+        ok = ok and (bool(e2e) or not wanted("modbus")) and all(r.values["delivered"] > 0 for r in e2e) \
+            and all(r.values["complete"] for r in drained) \
+            and (not wanted("opcua") or (bool(opc) and all(r.values["delivered"] > 0 for r in opc)))
     print(f"\nresults: {out_dir / 'latest.json'}; {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
