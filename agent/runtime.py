@@ -82,7 +82,7 @@ class Agent:
         from linetap.agent.forwarder import MQTTForwarder
 
         cfg = self.config
-        self.buffer = await AsyncBuffer.open(cfg.buffer.path, cfg.agent.id)
+        self.buffer = await AsyncBuffer.open(cfg.buffer.path, cfg.agent.id, memory_limit=cfg.buffer.memory_limit)
         log.info("agent started", agent=cfg.agent.id, devices=len(cfg.devices), buffer=str(cfg.buffer.path),
                  broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
         self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)

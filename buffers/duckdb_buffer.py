@@ -14,6 +14,7 @@ A DuckDB connection is not thread-safe: `DuckDBBuffer` is used by one thread onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
 SCHEMA_VERSION = "1"
+DEFAULT_MEMORY_LIMIT = 64 * 2**20  # bytes; config: buffer.memory_limit
 RECORD_STREAMS = ("events", "units")
 STREAMS = ("events", "units", "telemetry")  # forwarding priority, highest first
 
@@ -85,7 +87,7 @@ class StreamStats:
 class DuckDBBuffer:
     """Single-thread API over the buffer file. Create, use and close it on the same thread."""
 
-    def __init__(self, path: str | Path, agent_id: str) -> None:
+    def __init__(self, path: str | Path, agent_id: str, *, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
         self.path = Path(path)
         self.agent_id = agent_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,10 @@ class DuckDBBuffer:
         except duckdb.Error as exc:
             raise self._corrupt(exc) from None
         try:
+            # Bounded cache: DuckDB's default (80% of RAM) keeps every block it wrote, so the agent
+            # would grow with the file. One thread: batches are small, the other core is the agent's.
+            self._con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+            self._con.execute("SET threads = 1")
             self._con.execute(_DDL)
             self._check_identity(existed)
             self._last: dict[str, tuple[int, str]] = {
@@ -396,11 +402,12 @@ class AsyncBuffer:
         self.agent_id = buffer.agent_id
 
     @classmethod
-    async def open(cls, path: str | Path, agent_id: str) -> AsyncBuffer:
+    async def open(cls, path: str | Path, agent_id: str, *, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> AsyncBuffer:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linetap-buffer")
         loop = asyncio.get_running_loop()
         try:
-            buffer = await loop.run_in_executor(executor, DuckDBBuffer, path, agent_id)
+            buffer = await loop.run_in_executor(
+                executor, functools.partial(DuckDBBuffer, path, agent_id, memory_limit=memory_limit))
         except BaseException:
             executor.shutdown(wait=False)
             raise

@@ -254,3 +254,28 @@ def test_reads_step_over_deleted_ranges(path):
         cursor = seqs[-1]
     assert seqs == [*range(1, 2001), *range(7501, 10_001)]
     buf.close()
+
+
+def test_duckdb_cache_is_bounded_by_memory_limit(path):
+    """DuckDB's own default (80% of RAM) would let the agent grow with the buffer file."""
+    buf = DuckDBBuffer(path, "a1")
+    try:
+        assert buf._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "64.0 MiB"
+    finally:
+        buf.close()
+    buf = DuckDBBuffer(path, "a1", memory_limit=256 * 2**20)
+    try:
+        assert buf._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "256.0 MiB"
+    finally:
+        buf.close()
+
+
+def test_memory_limit_is_configurable_and_has_a_floor():
+    from pydantic import ValidationError
+
+    from linetap.config.models import BufferConfig
+
+    assert BufferConfig().memory_limit == 64 * 2**20
+    assert BufferConfig.model_validate({"memory_limit": "256MiB"}).memory_limit == 256 * 2**20
+    with pytest.raises(ValidationError, match="memory_limit"):
+        BufferConfig.model_validate({"memory_limit": "1MiB"})
