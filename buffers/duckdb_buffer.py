@@ -32,7 +32,7 @@ from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
 SCHEMA_VERSION = "1"
-DEFAULT_MEMORY_LIMIT = 64 * 2**20  # bytes; config: buffer.memory_limit
+DEFAULT_MEMORY_LIMIT = 16 * 2**20  # bytes; config: buffer.memory_limit
 RECORD_STREAMS = ("events", "units")
 STREAMS = ("events", "units", "telemetry")  # forwarding priority, highest first
 

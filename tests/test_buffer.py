@@ -260,7 +260,7 @@ def test_duckdb_cache_is_bounded_by_memory_limit(path):
     """DuckDB's own default (80% of RAM) would let the agent grow with the buffer file."""
     buf = DuckDBBuffer(path, "a1")
     try:
-        assert buf._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "64.0 MiB"
+        assert buf._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "16.0 MiB"
     finally:
         buf.close()
     buf = DuckDBBuffer(path, "a1", memory_limit=256 * 2**20)
@@ -275,7 +275,7 @@ def test_memory_limit_is_configurable_and_has_a_floor():
 
     from linetap.config.models import BufferConfig
 
-    assert BufferConfig().memory_limit == 64 * 2**20
+    assert BufferConfig().memory_limit == 16 * 2**20
     assert BufferConfig.model_validate({"memory_limit": "256MiB"}).memory_limit == 256 * 2**20
     with pytest.raises(ValidationError, match="memory_limit"):
-        BufferConfig.model_validate({"memory_limit": "1MiB"})
+        BufferConfig.model_validate({"memory_limit": "4MiB"})
