@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import resource
 import signal
 import sys
@@ -69,6 +70,8 @@ async def _sim_opcua(args: argparse.Namespace) -> None:
     from linetap.simulators.opcua_server import NAMESPACE_URI
 
     configure_logging("json", "warning")
+    if args.nice:
+        os.nice(args.nice)
     model = StationModel(seed=args.seed, keep_units=1000)
     server = OpcUaStationServer(model, port=args.port, bulk_count=args.bulk, bulk_interval=args.bulk_interval)
     stop = _stop_on_signals()
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--seed", type=int, default=1)
     o.add_argument("--bulk", type=int, default=1000, help="bulk Double items, all changing every --bulk-interval")
     o.add_argument("--bulk-interval", type=float, default=0.1, help="seconds between changes of every bulk item")
+    o.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority (the agent's comes first)")
     o.add_argument("--status", help="a JSON file rewritten every 0.5 s with the writes so far")
     o.add_argument("--result")
     for name in ("agent", "drain"):
