@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ log = structlog.get_logger("linetap.agent")
 
 SINK = "mqtt"
 _FLUSH_SAMPLES = 50_000  # commit early when this many samples wait, whatever the interval
+_URGENT, _TELEMETRY = 0, 1  # writer queue priorities: records and events never queue behind telemetry
 
 
 @dataclass
@@ -41,6 +43,14 @@ class DeviceStatus:
     batches: int = 0
     samples: int = 0
     last_batch: SampleBatch | None = None  # the latest committed read (for live views; no per-sample copy)
+
+
+@dataclass(frozen=True, slots=True)
+class _Captured:
+    """What the unit capture made of one batch: finished unit records and events."""
+
+    units: list[dict[str, Any]]
+    events: list[Event]
 
 
 @dataclass
@@ -72,7 +82,10 @@ class Agent:
         self.stats = AgentStats(devices={d.name: DeviceStatus() for d in config.devices})
         self.buffer: AsyncBuffer | None = None
         self.forwarder = None
-        self._queue: asyncio.Queue[SampleBatch | Event] = asyncio.Queue(maxsize=10_000)
+        # (priority, arrival, item): events and unit records overtake queued telemetry
+        self._queue: asyncio.PriorityQueue[tuple[int, int, SampleBatch | Event | _Captured]] = \
+            asyncio.PriorityQueue(maxsize=10_000)
+        self._arrival = itertools.count()
         self._station = {d.name: d.station_name for d in config.devices}
         self.status_file = status_file or status_path(config)
         self.capture = CaptureEngine(config)
@@ -132,7 +145,7 @@ class Agent:
                 async for batch in driver.samples():
                     status.batches += 1
                     status.samples += len(batch)
-                    await self._queue.put(batch)
+                    await self._produce(batch)
             except DriverError as exc:
                 reason = str(exc)
             except Exception as exc:  # a driver bug must not stop the other devices
@@ -143,7 +156,7 @@ class Agent:
             if status.state != "lost":
                 log.warning("device lost", device=name, reason=reason, retry_in=f"{backoff.minimum:g}s")
                 await self._set_state(device_cfg, status, "lost", "lost", reason)
-                await self._queue.put(SampleBatch.all_bad(name, driver.tag_names, reason))
+                await self._produce(SampleBatch.all_bad(name, driver.tag_names, reason))
             else:
                 log.debug("device still unreachable", device=name, reason=reason)
             await asyncio.sleep(backoff.next())
@@ -153,7 +166,19 @@ class Agent:
         if event_state != "lost":
             log.info(f"device {event_state}", device=device_cfg.name)
         data = {"state": event_state, "reason": reason} if reason else {"state": event_state}
-        await self._queue.put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
+        await self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
+
+    async def _produce(self, batch: SampleBatch) -> None:
+        """A device's batch to the writer; what the unit capture makes of it goes ahead of all telemetry."""
+        if not len(batch):
+            return
+        units, events = self.capture.feed(batch)
+        if units or events:
+            await self._put(_Captured(units, events))
+        await self._put(batch)
+
+    async def _put(self, item: SampleBatch | Event | _Captured) -> None:
+        await self._queue.put((_TELEMETRY if isinstance(item, SampleBatch) else _URGENT, next(self._arrival), item))
 
     # -- writer ---------------------------------------------------------------------------
 
@@ -183,21 +208,19 @@ class Agent:
                 await self._commit(pending)
             raise
 
-    def _take(self, item: SampleBatch | Event, pending: _Pending) -> None:
+    def _take(self, entry: tuple[int, int, SampleBatch | Event | _Captured], pending: _Pending) -> None:
+        item = entry[2]
         pending.items += 1
+        if isinstance(item, SampleBatch):
+            pending.batches.append(item)
+            pending.samples += len(item)
+            return
         if isinstance(item, Event):
             pending.events.append(item)
-            pending.urgent = True
-            return
-        if not len(item):
-            return
-        pending.batches.append(item)
-        pending.samples += len(item)
-        units, events = self.capture.feed(item)
-        if units or events:
-            pending.units.extend(units)
-            pending.events.extend(events)
-            pending.urgent = True  # a non-conformance must not wait for the flush interval
+        else:
+            pending.units.extend(item.units)
+            pending.events.extend(item.events)
+        pending.urgent = True  # a non-conformance must not wait for the flush interval
 
     async def _commit(self, pending: _Pending) -> None:
         batches = pending.batches
@@ -234,7 +257,7 @@ class Agent:
                 # Unit records and events are never dropped: say so loudly, once, and keep them.
                 log.error("buffer over its size cap with only unit records and events left; keeping them",
                           max_size=self.config.buffer.max_size, path=str(self.config.buffer.path))
-                await self._queue.put(Event("alarm", now_us(), data={
+                await self._put(Event("alarm", now_us(), data={
                     "alarm": "buffer_over_cap", "max_size": self.config.buffer.max_size,
                     "reason": "only unit records and events left in the buffer, none dropped; "
                               "raise buffer.max_size or restore the connection to the broker"}))
