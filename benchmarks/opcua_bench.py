@@ -220,7 +220,7 @@ def print_opcua_table(results: list[Result], out=print) -> None:
         if v.get("agent_stop") not in (None, "clean"):
             out(f"- {r.name}: agent {v['agent_stop']}")
         if v.get("sim_late_rounds"):
-            out(f"- {r.name}: the simulators skipped {v['sim_late_rounds']} change rounds (CPU-bound: "
-                "offered < nominal)")
+            out(f"- {r.name}: the simulators fell a whole interval behind and skipped {v['sim_late_rounds']} "
+                "change rounds (offered < nominal)")
         if v.get("device_states") and v["device_states"] != ["connected"]:
             out(f"- {r.name}: device states at the end: {', '.join(v['device_states'])}")
