@@ -1166,10 +1166,8 @@ def _install_fast_publish(session) -> None:
             nodeid_from_binary(buf)
             struct_from_binary(ua.ResponseHeader, buf)
             return _decode_data_changes(raw, buf.cur_pos, get_string_encoding())
-        except (_NotFast, struct.error, IndexError):
+        except Exception:  # noqa: BLE001 - _NotFast, or anything unexpected: asyncua's decoder decides
             pass
-        except Exception as ex:
-            raise UaStructParsingError from ex
         try:
             return struct_from_binary(ua.PublishResponse, Buffer(raw))
         except Exception as ex:
