@@ -43,7 +43,7 @@ class ModbusScenario:
     warmup: float = 3.0
     # The 12 station tags (unit capture, non-conformance) on their own connection polled this
     # often, as a controls engineer sets up a fast poll group; None: in the bulk poll at interval_ms.
-    station_ms: int | None = 20
+    station_ms: int | None = None
 
 
 @dataclass
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     if args.smoke:
         secs = args.seconds or 3.0
-        scenarios = [ModbusScenario("smoke", 2, 100, 100, secs, warmup=1.0)]
+        scenarios = [ModbusScenario("smoke", 2, 100, 100, secs, warmup=1.0, station_ms=50)]
         drains = [100_000]
     else:
         secs = args.seconds or 20.0
@@ -607,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
             ModbusScenario("80k", 4, 1000, 50, secs),
             ModbusScenario("160k", 4, 1000, 25, secs),
             ModbusScenario("320k", 8, 1000, 25, secs),  # the ceiling: more devices than simulator processes
+            # non-conformance latency at load: station tags on their own 20 ms poll, bulk as above
+            ModbusScenario("40k+nc", 4, 1000, 100, secs, station_ms=20),
+            ModbusScenario("160k+nc", 4, 1000, 25, secs, station_ms=20),
         ]
         drains = [1_000_000] + ([10_000_000] if args.long else [])
     ok = True
