@@ -1,8 +1,13 @@
-"""The agent: device loops -> writer -> DuckDB buffer -> forwarder, owned by one TaskGroup.
+"""The agent: device loops -> writers -> DuckDB buffer -> forwarder, owned by one TaskGroup.
 
-Shutdown order (on `stop`): device loops are cancelled first; the writer commits whatever
+Two writers: telemetry is committed at least every flush interval; events and unit records
+(the unit capture runs in the device loops, as batches arrive) have their own queue, writer,
+transaction, file and thread, and are handed to the forwarder from memory, so a
+non-conformance never waits behind telemetry.
+
+Shutdown order (on `stop`): device loops are cancelled first; the writers commit whatever
 they produced; the forwarder gets a short grace period to deliver and stores its cursor;
-then the buffer is closed. Nothing that reached the writer's queue is lost.
+then the buffer is closed. Nothing that reached a writer's queue is lost.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,7 +36,6 @@ log = structlog.get_logger("linetap.agent")
 
 SINK = "mqtt"
 _FLUSH_SAMPLES = 50_000  # commit early when this many samples wait, whatever the interval
-_URGENT, _TELEMETRY = 0, 1  # writer queue priorities: records and events never queue behind telemetry
 
 
 @dataclass
@@ -54,18 +57,6 @@ class _Captured:
 
 
 @dataclass
-class _Pending:
-    """What the writer collected for its next transaction."""
-
-    batches: list[SampleBatch] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    units: list[dict[str, Any]] = field(default_factory=list)
-    samples: int = 0
-    items: int = 0  # queue items taken (for task_done)
-    urgent: bool = False
-
-
-@dataclass
 class AgentStats:
     units: int = 0
     samples_buffered: int = 0
@@ -82,10 +73,9 @@ class Agent:
         self.stats = AgentStats(devices={d.name: DeviceStatus() for d in config.devices})
         self.buffer: AsyncBuffer | None = None
         self.forwarder = None
-        # (priority, arrival, item): events and unit records overtake queued telemetry
-        self._queue: asyncio.PriorityQueue[tuple[int, int, SampleBatch | Event | _Captured]] = \
-            asyncio.PriorityQueue(maxsize=10_000)
-        self._arrival = itertools.count()
+        self._queue: asyncio.Queue[SampleBatch] = asyncio.Queue(maxsize=10_000)  # telemetry
+        # events and unit records: few, and a device loop must never wait for room behind telemetry
+        self._records: asyncio.Queue[Event | _Captured] = asyncio.Queue()
         self._station = {d.name: d.station_name for d in config.devices}
         self.status_file = status_file or status_path(config)
         self.capture = CaptureEngine(config)
@@ -103,14 +93,17 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
                 house = tg.create_task(self._housekeeping(), name="housekeeping")
-                writer = tg.create_task(self._writer(), name="writer")
+                writers = [tg.create_task(self._telemetry_writer(), name="telemetry-writer"),
+                           tg.create_task(self._records_writer(), name="records-writer")]
                 forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
                 self.ready.set()
                 await stop.wait()
                 log.info("agent stopping")
                 await _cancel_all([*devices, house])
-                await self._queue.join()  # the writer has committed everything produced
-                writer.cancel()
+                await self._records.join()  # the writers have committed everything produced
+                await self._queue.join()
+                for writer in writers:
+                    writer.cancel()
                 await self._grace(forwarder)
                 forwarder.cancel()
         finally:
@@ -169,76 +162,89 @@ class Agent:
         await self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
 
     async def _produce(self, batch: SampleBatch) -> None:
-        """A device's batch to the writer; what the unit capture makes of it goes ahead of all telemetry."""
+        """A device's batch to the telemetry writer; what the unit capture makes of it to the records writer."""
         if not len(batch):
             return
         units, events = self.capture.feed(batch)
         if units or events:
             await self._put(_Captured(units, events))
-        await self._put(batch)
+        await self._queue.put(batch)
 
-    async def _put(self, item: SampleBatch | Event | _Captured) -> None:
-        await self._queue.put((_TELEMETRY if isinstance(item, SampleBatch) else _URGENT, next(self._arrival), item))
+    async def _put(self, record: Event | _Captured) -> None:
+        self._records.put_nowait(record)
 
     # -- writer ---------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        """Commit what the devices produce: at least every flush interval, at once for events and units."""
+    async def _telemetry_writer(self) -> None:
+        """Commit the samples: at least every flush interval, sooner when many wait."""
         interval = self.config.buffer.flush_interval
-        pending = _Pending()
+        batches: list[SampleBatch] = []
         try:
             while True:
-                self._take(await self._queue.get(), pending)
+                batches.append(await self._queue.get())
+                samples = len(batches[0])
                 deadline = time.monotonic() + interval
-                while pending.samples < _FLUSH_SAMPLES and not pending.urgent:
+                while samples < _FLUSH_SAMPLES:
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
                     try:
-                        item = await asyncio.wait_for(self._queue.get(), timeout)
+                        batch = await asyncio.wait_for(self._queue.get(), timeout)
                     except TimeoutError:
                         break
-                    self._take(item, pending)
-                await self._commit(pending)
-                pending = _Pending()
+                    batches.append(batch)
+                    samples += len(batch)
+                await self._commit_telemetry(batches)
+                batches = []
         except asyncio.CancelledError:
             while not self._queue.empty():
-                self._take(self._queue.get_nowait(), pending)
-            if pending.items:
-                await self._commit(pending)
+                batches.append(self._queue.get_nowait())
+            if batches:
+                await self._commit_telemetry(batches)
             raise
 
-    def _take(self, entry: tuple[int, int, SampleBatch | Event | _Captured], pending: _Pending) -> None:
-        item = entry[2]
-        pending.items += 1
-        if isinstance(item, SampleBatch):
-            pending.batches.append(item)
-            pending.samples += len(item)
-            return
-        if isinstance(item, Event):
-            pending.events.append(item)
-        else:
-            pending.units.extend(item.units)
-            pending.events.extend(item.events)
-        pending.urgent = True  # a non-conformance must not wait for the flush interval
-
-    async def _commit(self, pending: _Pending) -> None:
-        batches = pending.batches
-        if pending.events or pending.units:
-            # Their own small transaction ahead of the telemetry, handed straight to the
-            # forwarder: a non-conformance waits for neither the telemetry insert nor a buffer read.
-            result = await self.buffer.append(None, pending.events, pending.units)
-            self.forwarder.offer({"events": result.events, "units": result.units})
-        if batches:
-            await self.buffer.append(pa.concat_tables([b.to_arrow() for b in batches]))
+    async def _commit_telemetry(self, batches: list[SampleBatch]) -> None:
+        await self.buffer.append(pa.concat_tables([b.to_arrow() for b in batches]))
         for batch in batches:
             self.stats.devices[batch.device].last_batch = batch
-        self.stats.samples_buffered += pending.samples
-        self.stats.units += len(pending.units)
-        self.stats.commits += 1
-        for _ in range(pending.items):
+            self.stats.samples_buffered += len(batch)
             self._queue.task_done()
+        self.stats.commits += 1
         self.forwarder.notify()
+
+    async def _records_writer(self) -> None:
+        """Commit events and unit records at once, whatever the telemetry is doing."""
+        taken: list[Event | _Captured] = []
+        try:
+            while True:
+                taken.append(await self._records.get())
+                while not self._records.empty():
+                    taken.append(self._records.get_nowait())
+                await self._commit_records(taken)
+                taken = []
+        except asyncio.CancelledError:
+            while not self._records.empty():
+                taken.append(self._records.get_nowait())
+            if taken:
+                await self._commit_records(taken)
+            raise
+
+    async def _commit_records(self, taken: list[Event | _Captured]) -> None:
+        events: list[Event] = []
+        units: list[dict[str, Any]] = []
+        for item in taken:
+            if isinstance(item, Event):
+                events.append(item)
+            else:
+                events.extend(item.events)
+                units.extend(item.units)
+        result = await self.buffer.append(None, events, units)
+        # straight to the forwarder: no buffer read between the commit and the publish
+        self.forwarder.offer({"events": result.events, "units": result.units})
+        self.stats.units += len(units)
+        self.stats.commits += 1
+        for _ in taken:
+            self._records.task_done()
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -1,14 +1,23 @@
-"""The local store-and-forward buffer: append-only logs per stream in one DuckDB file.
+"""The local store-and-forward buffer: append-only logs per stream in two DuckDB files.
 
-Tables
-- `telemetry`: one row per sample (columnar appends from Arrow batches).
-- `units`, `events`: one row per record, with the hash chain.
-- `streams`: last seq and last hash per stream, updated in the same transaction as the
-  append, so seq never repeats, even after retention deleted every row.
-- `cursors`: one row per (sink, stream): the highest seq the sink has acknowledged.
+The buffer file (`buffer.path`) holds
+- `telemetry`: one row per sample (columnar appends from Arrow batches);
+- `streams`: last seq of telemetry; `cursors`: one row per (sink, stream), the highest seq
+  the sink has acknowledged; `meta`: the buffer's identity.
+Its records file (`<buffer.path>.records`, attached as `linetap_records`) holds
+- `units`, `events`: one row per record, with the hash chain; `streams`: their last seq and hash.
+A `streams` row is updated in the same transaction as its append, so seq never repeats, even
+after retention deleted every row.
 
-A DuckDB connection is not thread-safe: `DuckDBBuffer` is used by one thread only.
-`AsyncBuffer` gives the asyncio side the same API, run on one dedicated thread.
+Why two files: DuckDB checkpoints a database when its WAL is large, and while it does (200-300 ms
+for the telemetry of a busy line, every few seconds) no other commit to that database finishes.
+Events and unit records live in their own database, so a non-conformance is never held back
+by a telemetry checkpoint.
+
+A DuckDB connection is not thread-safe. `DuckDBBuffer` uses one connection for telemetry,
+cursors and housekeeping (one thread), and a cursor of it for records, always under
+`_records_lock`. `AsyncBuffer` runs telemetry work on one thread and record appends and reads
+on another, so neither waits for the other.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +41,8 @@ import pyarrow as pa
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: events and units in the records file
+RECORDS_DB = "linetap_records"  # the records file's name inside the connection
 DEFAULT_MEMORY_LIMIT = 16 * 2**20  # bytes; config: buffer.memory_limit
 RECORD_STREAMS = ("events", "units")
 STREAMS = ("events", "units", "telemetry")  # forwarding priority, highest first
@@ -43,9 +54,14 @@ CREATE TABLE IF NOT EXISTS cursors (sink VARCHAR NOT NULL, stream VARCHAR NOT NU
                                     updated_at BIGINT NOT NULL, PRIMARY KEY (sink, stream));
 CREATE TABLE IF NOT EXISTS telemetry (seq BIGINT NOT NULL, device VARCHAR, tag VARCHAR, num DOUBLE, text VARCHAR,
                                       quality UTINYINT, reason VARCHAR, source_ts BIGINT, agent_ts BIGINT);
-CREATE TABLE IF NOT EXISTS units (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
+"""
+_RECORDS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {RECORDS_DB}.meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS {RECORDS_DB}.streams (stream VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL,
+                                                 last_hash VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS {RECORDS_DB}.units (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
                                   body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
+CREATE TABLE IF NOT EXISTS {RECORDS_DB}.events (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
                                    body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
 """
 # DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
@@ -84,8 +100,14 @@ class StreamStats:
     oldest_pending_at: int | None  # microseconds since epoch (agent time of the oldest unsent row)
 
 
+def records_path(path: Path) -> Path:
+    """The records file beside a buffer file."""
+    return path.with_name(path.name + ".records")
+
+
 class DuckDBBuffer:
-    """Single-thread API over the buffer file. Create, use and close it on the same thread."""
+    """The buffer's two files. Record methods (`append_records`, `read_records`) may run on a
+    second thread; everything else on the thread that created it."""
 
     def __init__(self, path: str | Path, agent_id: str, *, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
         self.path = Path(path)
@@ -109,26 +131,50 @@ class DuckDBBuffer:
             self._con.execute("SET threads = 1")
             self._con.execute(_DDL)
             self._check_identity(existed)
-            self._last: dict[str, tuple[int, str]] = {
-                s: (q, h) for s, q, h in self._con.execute("SELECT stream, last_seq, last_hash FROM streams").fetchall()
-            }
-            for stream in STREAMS:
-                if stream not in self._last:  # a row per stream from the start: commits only UPDATE it
-                    self._last[stream] = (0, GENESIS)
-                    self._con.execute("INSERT INTO streams VALUES (?, 0, ?)", [stream, GENESIS])
         except duckdb.Error as exc:
             self._con.close()
             raise self._corrupt(exc) from None
+        self.records_path = records_path(self.path)
+        if existed and not (self.records_path.exists() and self.records_path.stat().st_size > 0):
+            self._con.close()
+            raise BufferCorrupt(f"buffer {self.path} has no records file {self.records_path} beside it: restore it "
+                                "(events and unit records are kept there), or move the buffer away to start a new one")
+        try:
+            quoted = str(self.records_path).replace("'", "''")
+            # small blocks: the records file holds little, and 256 KiB blocks would cost ~2 MiB
+            self._con.execute(f"ATTACH '{quoted}' AS {RECORDS_DB} (BLOCK_SIZE 16384)")
+            self._con.execute(_RECORDS_DDL)
+            self._check_records_identity()
+            main_db = self._con.execute("SELECT current_database()").fetchall()[0][0]
+            search_path = f"SET search_path = '{main_db},{RECORDS_DB}'"  # unqualified names find both files
+            self._con.execute(search_path)
+            self._records = self._con.cursor()  # the records thread's connection (same database instance)
+            self._records.execute(search_path)
+            self._records_lock = threading.Lock()
+            self._last: dict[str, tuple[int, str]] = {}
+            for table, streams in ((f"{main_db}.streams", ("telemetry",)), (f"{RECORDS_DB}.streams", RECORD_STREAMS)):
+                heads = {s: (q, h) for s, q, h in
+                         self._con.execute(f"SELECT stream, last_seq, last_hash FROM {table}").fetchall()}
+                for stream in streams:
+                    if stream not in heads:  # a row per stream from the start: commits only UPDATE it
+                        heads[stream] = (0, GENESIS)
+                        self._con.execute(f"INSERT INTO {table} VALUES (?, 0, ?)", [stream, GENESIS])
+                    self._last[stream] = heads[stream]
+            self._finish_gaps()
+        except duckdb.Error as exc:
+            self._con.close()
+            raise self._corrupt(exc, self.records_path) from None
 
-    def _corrupt(self, exc: Exception) -> BufferCorrupt:
+    def _corrupt(self, exc: Exception, path: Path | None = None) -> BufferCorrupt:
         # Never start an empty buffer over real data: keep the damaged file for recovery.
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        path = path or self.path
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         moved = ""
-        if self.path.exists():
-            shutil.copy2(self.path, aside)
+        if path.exists():
+            shutil.copy2(path, aside)
             moved = f"; a copy is kept as {aside}"
         return BufferCorrupt(
-            f"cannot open buffer {self.path}: {exc}{moved}. The agent will not start over a damaged buffer: "
+            f"cannot open buffer {path}: {exc}{moved}. The agent will not start over a damaged buffer: "
             "restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
         )
 
@@ -144,12 +190,35 @@ class DuckDBBuffer:
             return
         if rows.get("schema_version") != SCHEMA_VERSION:
             raise BufferError(f"buffer {self.path} has schema version {rows.get('schema_version')}, "
-                              f"this linetap writes version {SCHEMA_VERSION}")
+                              f"this linetap writes version {SCHEMA_VERSION}: let the linetap that wrote it "
+                              "deliver it (or `linetap export` it), then move it away")
         if rows.get("agent_id") != self.agent_id:
             raise BufferError(
                 f"buffer {self.path} belongs to agent {rows.get('agent_id')!r}, not {self.agent_id!r}: "
                 "record ids would mix. Point buffer.path elsewhere or keep the agent id."
             )
+
+    def _check_records_identity(self) -> None:
+        """The records file belongs to this buffer file (the same `created_at`)."""
+        created = self._con.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchall()[0][0]
+        rows = dict(self._con.execute(f"SELECT key, value FROM {RECORDS_DB}.meta").fetchall())
+        if not rows:
+            if self._con.execute(f"SELECT count(*) FROM {RECORDS_DB}.streams").fetchall()[0][0]:
+                raise BufferCorrupt(f"records file {self.records_path} has data but no identity")
+            self._con.execute(f"INSERT INTO {RECORDS_DB}.meta VALUES ('buffer_created_at', ?), ('agent_id', ?)",
+                              [created, self.agent_id])
+            return
+        if rows.get("buffer_created_at") != created or rows.get("agent_id") != self.agent_id:
+            raise BufferError(f"records file {self.records_path} belongs to another buffer than {self.path}: "
+                              "keep the two files of one buffer together")
+
+    def _finish_gaps(self) -> None:
+        """A size-cap drop commits its gap event first, then deletes: finish a delete a crash cut off."""
+        ranges = self._con.execute(
+            f"""SELECT json_extract(body, '$.seq_first')::BIGINT, json_extract(body, '$.seq_last')::BIGINT
+                FROM {RECORDS_DB}.events WHERE body LIKE '%"kind":"gap"%'""").fetchall()
+        for first, last in ranges:
+            self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
 
     # -- appending ------------------------------------------------------------------------
 
@@ -159,60 +228,66 @@ class DuckDBBuffer:
         events: Sequence[Event] = (),
         units: Sequence[dict[str, Any]] = (),
     ) -> AppendResult:
-        """Append everything given in one transaction; durable when this returns."""
-        return self._transaction(telemetry, events, units)
+        """The records (one transaction), then the telemetry (another); durable when this returns."""
+        stored_events, stored_units = self.append_records(events, units) if events or units else ([], [])
+        span = self.append_telemetry(telemetry) if telemetry is not None else None
+        return AppendResult(span, stored_events, stored_units)
 
-    def _transaction(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
-                     units: Sequence[dict[str, Any]] = (), before=None) -> AppendResult:
-        """The appends in one transaction, after `before()` (which may return more events to append)."""
+    def append_telemetry(self, telemetry: pa.Table) -> tuple[int, int] | None:
+        """Samples in one transaction; the (first, last) seq they got."""
+        if not telemetry.num_rows:
+            return None
         con = self._con
-        last = dict(self._last)
-        span: tuple[int, int] | None = None
-        stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
+        first = self._last["telemetry"][0] + 1
+        last = first + telemetry.num_rows - 1
+        seq = pa.array(np.arange(first, last + 1, dtype=np.int64))
+        batch = telemetry.select([f.name for f in TELEMETRY_SCHEMA]).add_column(0, "seq", seq)
         con.execute("BEGIN")
         try:
-            events = [*events, *(before() if before is not None else ())]
-            if telemetry is not None and telemetry.num_rows:
-                first = last["telemetry"][0] + 1
-                n = telemetry.num_rows
-                seq = pa.array(np.arange(first, first + n, dtype=np.int64))
-                batch = telemetry.select([f.name for f in TELEMETRY_SCHEMA]).add_column(0, "seq", seq)
-                self._insert_arrow("telemetry", batch)
-                span = (first, first + n - 1)
-                last["telemetry"] = (first + n - 1, GENESIS)
-            recorded_at = now_us()
-            for stream, items in (("events", [e.body() for e in events]), ("units", list(units))):
-                if not items:
-                    continue
-                seq_no, prev = last[stream]
-                rows = []
-                for body in items:
-                    seq_no += 1
-                    rid = f"{self.agent_id}/{stream}/{seq_no}"
-                    h = record_hash(prev, id=rid, stream=stream, seq=seq_no, recorded_at=recorded_at, body=body)
-                    rec = StoredRecord(stream, seq_no, rid, recorded_at, body, prev, h)
-                    stored[stream].append(rec)
-                    rows.append((seq_no, rid, recorded_at, orjson.dumps(body).decode(), prev, h))
-                    prev = h
-                self._insert_arrow(stream, pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
-                last[stream] = (seq_no, prev)
-            for stream, (q, h) in last.items():
-                if (q, h) != self._last[stream]:
-                    # a plain UPDATE of a row made at open: an upsert costs ~5 ms of CPU per commit
-                    con.execute("UPDATE streams SET last_seq = ?, last_hash = ? WHERE stream = ?", [q, h, stream])
+            _insert_arrow(con, "telemetry", batch)
+            # a plain UPDATE of the row made at open: an upsert costs ~5 ms of CPU per commit
+            con.execute("UPDATE streams SET last_seq = ? WHERE stream = 'telemetry'", [last])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._last = last
-        return AppendResult(span, stored["events"], stored["units"])
+        self._last["telemetry"] = (last, GENESIS)
+        return first, last
 
-    def _insert_arrow(self, table_name: str, batch: pa.Table) -> None:
-        self._con.register("_linetap_batch", batch)
-        try:
-            self._con.execute(f"INSERT INTO {table_name} SELECT * FROM _linetap_batch")
-        finally:
-            self._con.unregister("_linetap_batch")
+    def append_records(self, events: Sequence[Event] = (), units: Sequence[dict[str, Any]] = ()
+                       ) -> tuple[list[StoredRecord], list[StoredRecord]]:
+        """Events and unit records in one transaction of the records file, each linked into its
+        stream's hash chain. Returns what was stored: (events, units)."""
+        with self._records_lock:
+            con = self._records
+            last = {s: self._last[s] for s in RECORD_STREAMS}
+            stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
+            recorded_at = now_us()
+            con.execute("BEGIN")
+            try:
+                for stream, items in (("events", [e.body() for e in events]), ("units", list(units))):
+                    if not items:
+                        continue
+                    seq_no, prev = last[stream]
+                    rows = []
+                    for body in items:
+                        seq_no += 1
+                        rid = f"{self.agent_id}/{stream}/{seq_no}"
+                        h = record_hash(prev, id=rid, stream=stream, seq=seq_no, recorded_at=recorded_at, body=body)
+                        stored[stream].append(StoredRecord(stream, seq_no, rid, recorded_at, body, prev, h))
+                        rows.append((seq_no, rid, recorded_at, orjson.dumps(body).decode(), prev, h))
+                        prev = h
+                    _insert_arrow(con, f"{RECORDS_DB}.{stream}",
+                                  pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
+                    last[stream] = (seq_no, prev)
+                    con.execute(f"UPDATE {RECORDS_DB}.streams SET last_seq = ?, last_hash = ? WHERE stream = ?",
+                                [seq_no, prev, stream])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._last.update(last)
+            return stored["events"], stored["units"]
 
     # -- reading --------------------------------------------------------------------------
 
@@ -239,10 +314,12 @@ class DuckDBBuffer:
 
     def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
         _check_record_stream(stream)
-        rows = self._con.execute(
-            f"SELECT seq, id, recorded_at, body, prev_hash, hash FROM {stream} WHERE seq > ? ORDER BY seq LIMIT ?",
-            [after_seq, limit],
-        ).fetchall()
+        with self._records_lock:
+            rows = self._records.execute(
+                f"SELECT seq, id, recorded_at, body, prev_hash, hash FROM {RECORDS_DB}.{stream} "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                [after_seq, limit],
+            ).fetchall()
         return [StoredRecord(stream, s, i, r, orjson.loads(b), p, h) for s, i, r, b, p, h in rows]
 
     def export_query(self, stream: str, from_seq: int | None = None, to_seq: int | None = None,
@@ -315,20 +392,24 @@ class DuckDBBuffer:
         """Delete rows the sink acknowledged that are older than the retention limit, in bulk."""
         deleted = {}
         for stream in STREAMS:
-            ts_col = "agent_ts" if stream == "telemetry" else "recorded_at"
             cur = self.cursor(sink, stream)
-            n = self._con.execute(
-                f"DELETE FROM {stream} WHERE seq <= ? AND {ts_col} < ?", [cur, older_than_us]
-            ).fetchall()[0][0]
+            if stream == "telemetry":
+                n = self._con.execute("DELETE FROM telemetry WHERE seq <= ? AND agent_ts < ?",
+                                      [cur, older_than_us]).fetchall()[0][0]
+            else:
+                with self._records_lock:  # every write to the records file goes through its connection
+                    n = self._records.execute(f"DELETE FROM {RECORDS_DB}.{stream} WHERE seq <= ? AND recorded_at < ?",
+                                              [cur, older_than_us]).fetchall()[0][0]
             deleted[stream] = n
         return deleted
 
     def used_bytes(self) -> int:
-        """Bytes the data occupies: used blocks plus the WAL (the file itself never shrinks)."""
-        row = self._con.execute("PRAGMA database_size").fetchall()[0]
-        block_size, used_blocks = row[2], row[4]
-        wal = self.path.with_name(self.path.name + ".wal")
-        return block_size * used_blocks + (wal.stat().st_size if wal.exists() else 0)
+        """Bytes the data occupies in both files: used blocks plus the WALs (a file never shrinks)."""
+        used = sum(row[2] * row[4] for row in self._con.execute("PRAGMA database_size").fetchall())
+        for path in (self.path, self.records_path):
+            wal = path.with_name(path.name + ".wal")
+            used += wal.stat().st_size if wal.exists() else 0
+        return used
 
     def enforce_cap(self, max_bytes: int, sink: str, chunk: int = 50_000) -> CapResult:
         """Keep the buffer under `max_bytes`: first delivered rows go, then the oldest unsent
@@ -352,40 +433,47 @@ class DuckDBBuffer:
         return result
 
     def _drop_oldest_telemetry_with_gap(self, sink: str, n: int, max_bytes: int) -> Event:
-        """Delete the n oldest unsent samples and append their gap event, in one transaction."""
-        dropped: list[Event] = []
-
-        def delete() -> list[Event]:
-            dropped.append(self._drop_oldest_telemetry(sink, n, max_bytes))
-            return dropped
-
-        self._transaction(before=delete)
-        return dropped[0]
-
-    def _drop_oldest_telemetry(self, sink: str, n: int, max_bytes: int) -> Event:
+        """Delete the n oldest unsent samples. Their gap event is committed first (the two files
+        cannot share a transaction); a crash in between leaves the delete to `_finish_gaps`."""
         cur = self.cursor(sink, "telemetry")
         first, last, count, ts0, ts1 = self._con.execute(
             "SELECT min(seq), max(seq), count(*), min(agent_ts), max(agent_ts) FROM "
             "(SELECT seq, agent_ts FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?)", [cur, n]).fetchall()[0]
-        self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
-        return Event("gap", now_us(), data={
+        gap = Event("gap", now_us(), data={
             "stream": "telemetry", "seq_first": first, "seq_last": last, "count": count,
             "ts_first": ts0, "ts_last": ts1,
             "reason": f"buffer size cap ({max_bytes} bytes) reached: oldest unsent telemetry dropped"})
+        self.append_records([gap])
+        self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
+        return gap
 
     def _checkpoint(self) -> None:
         self._con.execute("CHECKPOINT").fetchall()
+        with self._records_lock:
+            self._records.execute(f"CHECKPOINT {RECORDS_DB}").fetchall()
 
     def file_size(self) -> int:
-        wal = self.path.with_name(self.path.name + ".wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        size = 0
+        for path in (self.path, self.records_path):
+            wal = path.with_name(path.name + ".wal")
+            size += path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return size
 
     def close(self) -> None:
         try:
-            self._con.execute("CHECKPOINT")
+            self._checkpoint()
         except duckdb.Error:
-            pass  # the WAL still holds everything committed
+            pass  # the WALs still hold everything committed
+        self._records.close()
         self._con.close()
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table_name: str, batch: pa.Table) -> None:
+    con.register("_linetap_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table_name} SELECT * FROM _linetap_batch")
+    finally:
+        con.unregister("_linetap_batch")
 
 
 def _check_record_stream(stream: str) -> None:
@@ -394,10 +482,12 @@ def _check_record_stream(stream: str) -> None:
 
 
 class AsyncBuffer:
-    """The buffer for asyncio code: every call runs on the one thread that owns the connection."""
+    """The buffer for asyncio code: telemetry and housekeeping run on one thread, record appends
+    and reads on another, so an event never waits for a telemetry insert or checkpoint."""
 
     def __init__(self, executor: ThreadPoolExecutor, buffer: DuckDBBuffer) -> None:
         self._executor = executor
+        self._records_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linetap-records")
         self._buffer = buffer
         self.path = buffer.path
         self.agent_id = buffer.agent_id
@@ -417,15 +507,22 @@ class AsyncBuffer:
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _call_records(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._records_executor, fn, *args)
+
     async def append(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
                      units: Sequence[dict[str, Any]] = ()) -> AppendResult:
-        return await self._call(self._buffer.append, telemetry, events, units)
+        stored_events, stored_units = [], []
+        if events or units:
+            stored_events, stored_units = await self._call_records(self._buffer.append_records, events, units)
+        span = await self._call(self._buffer.append_telemetry, telemetry) if telemetry is not None else None
+        return AppendResult(span, stored_events, stored_units)
 
     async def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
         return await self._call(self._buffer.read_telemetry, after_seq, limit)
 
     async def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
-        return await self._call(self._buffer.read_records, stream, after_seq, limit)
+        return await self._call_records(self._buffer.read_records, stream, after_seq, limit)
 
     async def cursor(self, sink: str, stream: str) -> int:
         return await self._call(self._buffer.cursor, sink, stream)
@@ -454,6 +551,7 @@ class AsyncBuffer:
 
     async def close(self) -> None:
         try:
+            await asyncio.to_thread(self._records_executor.shutdown, wait=True)
             await self._call(self._buffer.close)
         finally:
             self._executor.shutdown(wait=True)

@@ -157,22 +157,78 @@ def test_corrupt_file_is_refused_and_kept(path):
     assert list(path.parent.glob("buffer.duckdb.corrupt-*"))
 
 
-async def test_async_buffer_runs_every_call_on_one_thread(path):
+async def test_async_buffer_runs_telemetry_on_one_thread_and_records_on_another(path):
     buf = await AsyncBuffer.open(path, AGENT)
-    threads = set()
-    original = buf._buffer.append
+    threads: dict[str, set[int]] = {"telemetry": set(), "records": set()}
 
-    def spy(*args):
-        threads.add(threading.get_ident())
-        return original(*args)
+    def spy(kind, original):
+        def call(*args):
+            threads[kind].add(threading.get_ident())
+            return original(*args)
+        return call
 
-    buf._buffer.append = spy
-    await asyncio.gather(*(buf.append(batch("d", 10)) for _ in range(20)))
-    assert len(threads) == 1 and threading.get_ident() not in threads
+    buf._buffer.append_telemetry = spy("telemetry", buf._buffer.append_telemetry)
+    buf._buffer.append_records = spy("records", buf._buffer.append_records)
+    await asyncio.gather(*(buf.append(batch("d", 10), events=[Event("x", i)]) for i in range(20)))
+    assert len(threads["telemetry"]) == 1 and len(threads["records"]) == 1
+    assert threads["telemetry"] != threads["records"] and threading.get_ident() not in threads["telemetry"]
     assert await buf.last_seq("telemetry") == 200
     table = await buf.read_telemetry(0, 1000)
     assert table.column("seq").to_pylist() == list(range(1, 201))
+    events = await buf.read_records("events", 0, 100)
+    assert [r.seq for r in events] == list(range(1, 21))
     await buf.close()
+
+
+def test_events_live_in_the_records_file_beside_the_buffer(path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 5), events=[Event("nonconformance", 1, "d")], units=[{"serial": "SN1"}])
+    buf.close()
+    records = path.with_name(path.name + ".records")
+    assert records.exists()
+    import duckdb
+
+    con = duckdb.connect(str(records), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 1
+        assert con.execute("SELECT count(*) FROM units").fetchall()[0][0] == 1
+    finally:
+        con.close()
+    buf = DuckDBBuffer(path, AGENT)  # reopened: both heads continue
+    assert (buf.last_seq("telemetry"), buf.last_seq("events"), buf.last_seq("units")) == (5, 1, 1)
+    buf.close()
+
+
+def test_a_missing_or_foreign_records_file_is_refused(path, tmp_path):
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(events=[Event("x", 1)])
+    buf.close()
+    records = path.with_name(path.name + ".records")
+    kept = records.read_bytes()
+    records.unlink()
+    with pytest.raises(BufferCorrupt, match="no records file"):
+        DuckDBBuffer(path, AGENT)
+    other = tmp_path / "other.duckdb"
+    DuckDBBuffer(other, AGENT).close()
+    records.write_bytes(other.with_name(other.name + ".records").read_bytes())
+    with pytest.raises(BufferError, match="belongs to another buffer"):
+        DuckDBBuffer(path, AGENT)
+    records.write_bytes(kept)
+    buf = DuckDBBuffer(path, AGENT)
+    assert buf.last_seq("events") == 1
+    buf.close()
+
+
+def test_an_interrupted_size_cap_drop_is_finished_at_open(path):
+    """The gap event is committed before the delete; a crash in between must not resurrect the rows."""
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(batch("d", 1000))
+    buf.append_records([Event("gap", 1, data={"stream": "telemetry", "seq_first": 1, "seq_last": 400,
+                                               "count": 400})])  # as if the process died before the delete
+    buf.close()
+    buf = DuckDBBuffer(path, AGENT)
+    assert buf.read_telemetry(0, 1000).column("seq").to_pylist() == list(range(401, 1001))
+    buf.close()
 
 
 def test_every_call_leaves_the_connection_ready_for_the_next(path):
