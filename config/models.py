@@ -97,7 +97,8 @@ class MQTTConfig(Strict):
 class BufferConfig(Strict):
     """The local store-and-forward buffer (DuckDB)."""
 
-    path: Path = Field(Path("linetap-buffer.duckdb"), description="relative paths are relative to the config file")
+    path: Path = Field(Path("linetap-buffer.duckdb"), description="relative paths are relative to the config file; "
+                       "events and unit records are kept beside it in <path>.records")
     max_size: ByteSize = Field(2 * 10**9, description="size cap of the buffer file, e.g. 2GB")
     retention: Duration = Field(7 * 86400.0, description="how long delivered records are kept locally, e.g. 7d")
     flush_interval: Duration = Field(0.2, gt=0, description="samples are committed at least this often")
