@@ -130,12 +130,12 @@ class DuckDBBuffer:
             self._con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
             self._con.execute("SET threads = 1")
             self._con.execute(_DDL)
-            self._check_identity(existed)
+            initialized = self._con.execute("SELECT count(*) FROM meta").fetchall()[0][0] > 0
         except duckdb.Error as exc:
             self._con.close()
             raise self._corrupt(exc) from None
         self.records_path = records_path(self.path)
-        if existed and not (self.records_path.exists() and self.records_path.stat().st_size > 0):
+        if initialized and not (self.records_path.exists() and self.records_path.stat().st_size > 0):
             self._con.close()
             raise BufferCorrupt(f"buffer {self.path} has no records file {self.records_path} beside it: restore it "
                                 "(events and unit records are kept there), or move the buffer away to start a new one")
@@ -144,6 +144,8 @@ class DuckDBBuffer:
             # small blocks: the records file holds little, and 256 KiB blocks would cost ~2 MiB
             self._con.execute(f"ATTACH '{quoted}' AS {RECORDS_DB} (BLOCK_SIZE 16384)")
             self._con.execute(_RECORDS_DDL)
+            # identities last: a first start cut off before both files exist simply begins again
+            self._check_identity(existed)
             self._check_records_identity()
             main_db = self._con.execute("SELECT current_database()").fetchall()[0][0]
             search_path = f"SET search_path = '{main_db},{RECORDS_DB}'"  # unqualified names find both files
@@ -163,18 +165,23 @@ class DuckDBBuffer:
             self._finish_gaps()
         except duckdb.Error as exc:
             self._con.close()
-            raise self._corrupt(exc, self.records_path) from None
+            raise self._corrupt(exc) from None
+        except BufferError:
+            self._con.close()
+            raise
 
-    def _corrupt(self, exc: Exception, path: Path | None = None) -> BufferCorrupt:
-        # Never start an empty buffer over real data: keep the damaged file for recovery.
-        path = path or self.path
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        moved = ""
-        if path.exists():
-            shutil.copy2(path, aside)
-            moved = f"; a copy is kept as {aside}"
+    def _corrupt(self, exc: Exception) -> BufferCorrupt:
+        # Never start an empty buffer over real data: keep the damaged files for recovery.
+        stamp = time.strftime('%Y%m%dT%H%M%S')
+        kept = []
+        for path in (self.path, records_path(self.path)):
+            if path.exists():
+                aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+                shutil.copy2(path, aside)
+                kept.append(str(aside))
+        moved = f"; a copy is kept as {' and '.join(kept)}" if kept else ""
         return BufferCorrupt(
-            f"cannot open buffer {path}: {exc}{moved}. The agent will not start over a damaged buffer: "
+            f"cannot open buffer {self.path}: {exc}{moved}. The agent will not start over a damaged buffer: "
             "restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
         )
 

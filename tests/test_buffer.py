@@ -335,3 +335,17 @@ def test_memory_limit_is_configurable_and_has_a_floor():
     assert BufferConfig.model_validate({"memory_limit": "256MiB"}).memory_limit == 256 * 2**20
     with pytest.raises(ValidationError, match="memory_limit"):
         BufferConfig.model_validate({"memory_limit": "4MiB"})
+
+
+def test_a_first_start_cut_off_before_the_records_file_existed_begins_again(path):
+    import duckdb
+
+    from linetap.buffers.duckdb_buffer import _DDL
+
+    con = duckdb.connect(str(path))  # killed right after creating the buffer file's tables
+    con.execute(_DDL)
+    con.close()
+    buf = DuckDBBuffer(path, AGENT)
+    buf.append(events=[Event("x", 1)])
+    assert buf.last_seq("events") == 1
+    buf.close()

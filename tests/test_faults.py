@@ -55,16 +55,29 @@ def _capture_file(capture, tmp_path) -> Path:
     return out
 
 
+def _connected_per_status_file(status: Path, pid: int) -> bool:
+    try:
+        doc = json.loads(status.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc["pid"] == pid and all(d["state"] == "connected" for d in doc["devices"].values())
+
+
 def test_kill_9_at_random_moments_loses_no_committed_record(tmp_path, broker, capture):
     sim, port = start_simulator_process("--speed", "8")
     rng = random.Random(1234)
     try:
         cfg = _station_line(tmp_path, broker, port)
         cfg_path = _write_config(tmp_path, cfg)
+        status = Path(f"{cfg.buffer.path}.status.json")
         for _ in range(4):
             agent = subprocess.Popen([*CLI, "run", str(cfg_path)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(1.0, 2.5))
+            deadline = time.monotonic() + 20
+            while not _connected_per_status_file(status, agent.pid):  # up, whatever the start-up took
+                assert time.monotonic() < deadline and agent.poll() is None, "the agent did not come up"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.2, 1.5))
             agent.kill()  # SIGKILL: no flush, no goodbye
             agent.wait(10)
         agent = subprocess.Popen([*CLI, "run", str(cfg_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
