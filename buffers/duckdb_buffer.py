@@ -153,6 +153,7 @@ class DuckDBBuffer:
             self._records = self._con.cursor()  # the records thread's connection (same database instance)
             self._records.execute(search_path)
             self._records_lock = threading.Lock()
+            self._handed_out = 0  # highest telemetry seq read_telemetry returned since open
             self._last: dict[str, tuple[int, str]] = {}
             for table, streams in ((f"{main_db}.streams", ("telemetry",)), (f"{RECORDS_DB}.streams", RECORD_STREAMS)):
                 heads = {s: (q, h) for s, q, h in
@@ -317,6 +318,8 @@ class DuckDBBuffer:
             nxt = self._con.execute("SELECT min(seq) FROM telemetry WHERE seq > ?", [after_seq]).fetchall()[0][0]
             if nxt is not None:
                 table = self._con.sql(query, params=[nxt - 1, nxt - 1 + limit]).to_arrow_table()
+        if table.num_rows:
+            self._handed_out = max(self._handed_out, table.column("seq")[-1].as_py())
         return table
 
     def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
@@ -429,7 +432,7 @@ class DuckDBBuffer:
         self._checkpoint()
         while self.used_bytes() > max_bytes:
             pending = self._con.execute("SELECT count(*) FROM telemetry WHERE seq > ?",
-                                        [self.cursor(sink, "telemetry")]).fetchall()[0][0]
+                                        [self._droppable_after(sink)]).fetchall()[0][0]
             if pending == 0:
                 result.over_cap = True
                 break
@@ -439,10 +442,15 @@ class DuckDBBuffer:
             self._checkpoint()
         return result
 
+    def _droppable_after(self, sink: str) -> int:
+        """The size cap drops only telemetry after this seq: neither what the sink acknowledged
+        nor what a reader (the forwarder) already took and may be sending right now."""
+        return max(self.cursor(sink, "telemetry"), self._handed_out)
+
     def _drop_oldest_telemetry_with_gap(self, sink: str, n: int, max_bytes: int) -> Event:
         """Delete the n oldest unsent samples. Their gap event is committed first (the two files
         cannot share a transaction); a crash in between leaves the delete to `_finish_gaps`."""
-        cur = self.cursor(sink, "telemetry")
+        cur = self._droppable_after(sink)
         first, last, count, ts0, ts1 = self._con.execute(
             "SELECT min(seq), max(seq), count(*), min(agent_ts), max(agent_ts) FROM "
             "(SELECT seq, agent_ts FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?)", [cur, n]).fetchall()[0]

@@ -349,3 +349,17 @@ def test_a_first_start_cut_off_before_the_records_file_existed_begins_again(path
     buf.append(events=[Event("x", 1)])
     assert buf.last_seq("events") == 1
     buf.close()
+
+
+def test_size_cap_never_drops_telemetry_the_forwarder_already_took(path):
+    """Rows read for sending but not yet acknowledged are in flight: dropping them would report
+    a gap for samples the MES then receives."""
+    buf = DuckDBBuffer(path, AGENT)
+    for i in range(40):
+        buf.append(batch("d", 25_000, start=i * 25_000, ts=i))
+    taken = buf.read_telemetry(0, 20_000).column("seq").to_pylist()
+    assert taken[-1] == 20_000
+    result = buf.enforce_cap(4 * 2**20, "mqtt")
+    assert result.gaps and min(g.data["seq_first"] for g in result.gaps) == 20_001
+    assert buf.read_telemetry(0, 20_000).column("seq").to_pylist() == taken
+    buf.close()
