@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import Mosquitto, ProcWatch, Subscriber, percentile
-from .run import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status
+from .run import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status, start_agent
 
 QUEUE_SIZE = 4  # per monitored item, at the server: changes kept between two publishes
 # The simulators run at a lower CPU priority: on 2 cores, K busy simulator processes would otherwise
@@ -110,14 +110,7 @@ def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -
         cfg = opcua_config(wd, broker, [i["endpoint"] for i in infos], infos[0]["namespace"], sc.items,
                            sc.interval_ms)
         (wd / "config.json").write_text(json.dumps(cfg))
-        agent = Child(["agent", str(wd / "config.json"), "--result", str(wd / "agent.json")], wd / "agent.log")
-        t_spawn = time.monotonic()
-        deadline = t_spawn + 60
-        while sub.samples() == 0:
-            if time.monotonic() > deadline or agent.proc.poll() is not None:
-                raise RuntimeError(f"no telemetry at the subscriber: {(wd / 'agent.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        first_sample_s = time.monotonic() - t_spawn
+        agent, first_sample_s = start_agent(wd, sub, timeout=60)
         time.sleep(sc.warmup)
         pids = {"agent": [agent.pid], "sims": [s.pid for s in sims], "broker": [broker.pid], "bench": [os.getpid()]}
         spies = []

@@ -211,15 +211,7 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         if profile is not None:
             wrap = [str(Path(PY).parent / "py-spy"), "record", "--nonblocking", "--threads", "--rate", "200",
                     "--format", "raw", "--output", str(profile), "--"]
-        agent = Child(["agent", str(wd / "config.json"), "--result", str(wd / "agent.json")], wd / "agent.log",
-                      wrap=wrap)
-        t_spawn = time.monotonic()
-        deadline = t_spawn + 30
-        while sub.samples() == 0:
-            if time.monotonic() > deadline or agent.proc.poll() is not None:
-                raise RuntimeError(f"no telemetry at the subscriber: {(wd / 'agent.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        first_sample_s = time.monotonic() - t_spawn
+        agent, first_sample_s = start_agent(wd, sub, wrap=wrap)
         time.sleep(sc.warmup)
         pids = {"agent": [agent.pid], "sims": [s.pid for s in sims], "broker": [broker.pid], "bench": [os.getpid()]}
         st0 = read_status(cfg)
@@ -313,6 +305,20 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         for s in sims:
             s.terminate()
         broker.stop()
+
+
+def start_agent(wd: Path, sub: Subscriber, wrap: list[str] | None = None, timeout: float = 30.0
+                ) -> tuple[Child, float]:
+    """The agent child on `wd/config.json`, once its first telemetry reached the subscriber;
+    and how long that took (s)."""
+    agent = Child(["agent", str(wd / "config.json"), "--result", str(wd / "agent.json")], wd / "agent.log", wrap=wrap)
+    t_spawn = time.monotonic()
+    while sub.samples() == 0:
+        if time.monotonic() - t_spawn > timeout or agent.proc.poll() is not None:
+            agent.terminate()
+            raise RuntimeError(f"no telemetry at the subscriber: {(wd / 'agent.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    return agent, time.monotonic() - t_spawn
 
 
 def nc_truth_time(body: dict[str, Any], truth: dict[str, Any]) -> float | None:
