@@ -159,7 +159,7 @@ class Agent:
         if event_state != "lost":
             log.info(f"device {event_state}", device=device_cfg.name)
         data = {"state": event_state, "reason": reason} if reason else {"state": event_state}
-        await self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
+        self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
 
     async def _produce(self, batch: SampleBatch) -> None:
         """A device's batch to the telemetry writer; what the unit capture makes of it to the records writer."""
@@ -167,10 +167,10 @@ class Agent:
             return
         units, events = self.capture.feed(batch)
         if units or events:
-            await self._put(_Captured(units, events))
+            self._put(_Captured(units, events))
         await self._queue.put(batch)
 
-    async def _put(self, record: Event | _Captured) -> None:
+    def _put(self, record: Event | _Captured) -> None:
         self._records.put_nowait(record)
 
     # -- writer ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class Agent:
                 # Unit records and events are never dropped: say so loudly, once, and keep them.
                 log.error("buffer over its size cap with only unit records and events left; keeping them",
                           max_size=self.config.buffer.max_size, path=str(self.config.buffer.path))
-                await self._put(Event("alarm", now_us(), data={
+                self._put(Event("alarm", now_us(), data={
                     "alarm": "buffer_over_cap", "max_size": self.config.buffer.max_size,
                     "reason": "only unit records and events left in the buffer, none dropped; "
                               "raise buffer.max_size or restore the connection to the broker"}))

@@ -29,7 +29,7 @@ async def test_an_event_is_committed_while_telemetry_queued_before_it_waits(tmp_
     try:
         for i in range(50):
             await agent._produce(telemetry(i))
-        await agent._put(Event("nonconformance", now_us(), "sealer1", "sealer1", {"serial": "SN1"}))
+        agent._put(Event("nonconformance", now_us(), "sealer1", "sealer1", {"serial": "SN1"}))
         for _ in range(200):
             if await agent.buffer.last_seq("events") == 1:
                 break
@@ -59,7 +59,7 @@ async def test_an_event_is_committed_while_a_telemetry_commit_is_stuck(tmp_path)
         await agent._produce(telemetry(1))
         await asyncio.sleep(0.1)
         t0 = time.monotonic()
-        await agent._put(Event("nonconformance", now_us(), "sealer1", "sealer1", {"serial": "SN1"}))
+        agent._put(Event("nonconformance", now_us(), "sealer1", "sealer1", {"serial": "SN1"}))
         while await agent.buffer.last_seq("events") < 1:
             assert time.monotonic() - t0 < 2.0, "the event waited for the stuck telemetry commit"
             await asyncio.sleep(0.01)
