@@ -783,6 +783,27 @@ class OpcUaDriver(Driver):
         names, convert, queue = self._names, self._convert_dv, self._queue
         n_names = len(names)
 
+        def emit(changes) -> None:
+            """One SampleBatch of (client handle, (value, quality, reason, source_ts)) pairs."""
+            agent_ts = now_us()
+            tags: list[str] = []
+            values: list[Any] = []
+            quality: list[int] = []
+            reason: list[str | None] = []
+            source: list[int | None] = []
+            for h, (v, q, r, s) in changes:
+                h -= 1
+                if 0 <= h < n_names:
+                    tags.append(names[h])
+                    values.append(v)
+                    quality.append(q)
+                    reason.append(r)
+                    source.append(s)
+            if tags:
+                self.notifications += len(tags)
+                queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
+                                             reason=reason, agent_ts=agent_ts, source_ts=source))
+
         def on_publish(result: ua.PublishResult | _DataChanges) -> None:
             if gen != self._generation:
                 return
@@ -790,55 +811,16 @@ class OpcUaDriver(Driver):
             self.publish_responses += 1
             if type(result) is _DataChanges:  # decoded by _decode_data_changes
                 self.fast_responses += 1
-                if not result.items:
-                    return
-                agent_ts = now_us()
-                tags: list[str] = []
-                values: list[Any] = []
-                quality: list[int] = []
-                reason: list[str | None] = []
-                source: list[int | None] = []
-                for h, raw, code, src in result.items:
-                    h -= 1
-                    if 0 <= h < n_names:
-                        v, q, r, s = _convert_raw(raw, code, src)
-                        tags.append(names[h])
-                        values.append(v)
-                        quality.append(q)
-                        reason.append(r)
-                        source.append(s)
-                if tags:
-                    self.notifications += len(tags)
-                    queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
-                                                 reason=reason, agent_ts=agent_ts, source_ts=source))
+                emit((h, _convert_raw(raw, code, src)) for h, raw, code, src in result.items)
                 return
-            data = result.NotificationMessage.NotificationData
-            if not data:
-                return
-            agent_ts = now_us()
-            tags: list[str] = []
-            values: list[Any] = []
-            quality: list[int] = []
-            reason: list[str | None] = []
-            source: list[int | None] = []
-            for notif in data:
+            changes = []
+            for notif in result.NotificationMessage.NotificationData or ():
                 items = getattr(notif, "MonitoredItems", None)
                 if items is not None:
-                    for item in items:
-                        h = item.ClientHandle - 1
-                        if 0 <= h < len(names):
-                            v, q, r, s = convert(item.Value)
-                            tags.append(names[h])
-                            values.append(v)
-                            quality.append(q)
-                            reason.append(r)
-                            source.append(s)
+                    changes.extend((item.ClientHandle, convert(item.Value)) for item in items)
                 elif isinstance(notif, ua.StatusChangeNotification):
                     queue.put_nowait(_Lost(f"subscription ended by the server ({notif.Status.name})"))
-            if tags:
-                self.notifications += len(tags)
-                queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
-                                             reason=reason, agent_ts=agent_ts, source_ts=source))
+            emit(changes)
 
         _install_fast_publish(client.uaclient.session)  # before the publish loop starts
         result = await client.uaclient.create_subscription(params, on_publish)
