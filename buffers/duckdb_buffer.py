@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import threading
 import time
@@ -37,12 +38,17 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+import structlog
 
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
 SCHEMA_VERSION = "2"  # 2: events and units in the records file
+# Both files are attached under fixed names, so no SQL identifier is ever built from a file name
+# (a buffer called `demo-buffer.duckdb`, `select.duckdb` or `line 3 – A/1.duckdb` is just a path).
+BUFFER_DB = "linetap_buffer"  # the buffer file's name inside the connection
 RECORDS_DB = "linetap_records"  # the records file's name inside the connection
+_SEARCH_PATH = f"SET search_path = '{BUFFER_DB},{RECORDS_DB}'"  # unqualified names find both files
 DEFAULT_MEMORY_LIMIT = 16 * 2**20  # bytes; config: buffer.memory_limit
 RECORD_STREAMS = ("events", "units")
 STREAMS = ("events", "units", "telemetry")  # forwarding priority, highest first
@@ -65,6 +71,7 @@ CREATE TABLE IF NOT EXISTS {RECORDS_DB}.events (seq BIGINT NOT NULL, id VARCHAR 
                                    body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
 """
 # DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
+log = structlog.get_logger("linetap.buffer")
 _TELEMETRY_COLUMNS = ", ".join(f.name for f in TELEMETRY_SCHEMA)
 _RECORD_COLUMNS = ["seq", "id", "recorded_at", "body", "prev_hash", "hash"]
 
@@ -112,19 +119,13 @@ class DuckDBBuffer:
     def __init__(self, path: str | Path, agent_id: str, *, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
         self.path = Path(path)
         self.agent_id = agent_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records_path = records_path(self.path)
+        _check_place(self.path)
         existed = self.path.exists() and self.path.stat().st_size > 0
+        self._con = duckdb.connect(":memory:")
         try:
-            self._con = duckdb.connect(str(self.path))
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise BufferError(
-                    f"buffer {self.path} is in use by another process (is the agent already running?)"
-                ) from None
-            raise self._corrupt(exc) from None
-        except duckdb.Error as exc:
-            raise self._corrupt(exc) from None
-        try:
+            self._attach(self.path, BUFFER_DB, "")
+            self._con.execute(f"USE {BUFFER_DB}")
             # Bounded cache: DuckDB's default (80% of RAM) keeps every block it wrote, so the agent
             # would grow with the file. One thread: batches are small, the other core is the agent's.
             self._con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
@@ -133,29 +134,29 @@ class DuckDBBuffer:
             initialized = self._con.execute("SELECT count(*) FROM meta").fetchall()[0][0] > 0
         except duckdb.Error as exc:
             self._con.close()
-            raise self._corrupt(exc) from None
-        self.records_path = records_path(self.path)
+            raise self._open_error(exc) from None
+        except BufferError:
+            self._con.close()
+            raise
         if initialized and not (self.records_path.exists() and self.records_path.stat().st_size > 0):
             self._con.close()
             raise BufferCorrupt(f"buffer {self.path} has no records file {self.records_path} beside it: restore it "
                                 "(events and unit records are kept there), or move the buffer away to start a new one")
         try:
-            quoted = str(self.records_path).replace("'", "''")
             # small blocks: the records file holds little, and 256 KiB blocks would cost ~2 MiB
-            self._con.execute(f"ATTACH '{quoted}' AS {RECORDS_DB} (BLOCK_SIZE 16384)")
+            self._attach(self.records_path, RECORDS_DB, " (BLOCK_SIZE 16384)")
             self._con.execute(_RECORDS_DDL)
             # identities last: a first start cut off before both files exist simply begins again
             self._check_identity(existed)
             self._check_records_identity()
-            main_db = self._con.execute("SELECT current_database()").fetchall()[0][0]
-            search_path = f"SET search_path = '{main_db},{RECORDS_DB}'"  # unqualified names find both files
-            self._con.execute(search_path)
+            self._con.execute(_SEARCH_PATH)
             self._records = self._con.cursor()  # the records thread's connection (same database instance)
-            self._records.execute(search_path)
+            self._records.execute(f"USE {BUFFER_DB}")
+            self._records.execute(_SEARCH_PATH)
             self._records_lock = threading.Lock()
             self._handed_out = 0  # highest telemetry seq read_telemetry returned since open
             self._last: dict[str, tuple[int, str]] = {}
-            for table, streams in ((f"{main_db}.streams", ("telemetry",)), (f"{RECORDS_DB}.streams", RECORD_STREAMS)):
+            for table, streams in ((f"{BUFFER_DB}.streams", ("telemetry",)), (f"{RECORDS_DB}.streams", RECORD_STREAMS)):
                 heads = {s: (q, h) for s, q, h in
                          self._con.execute(f"SELECT stream, last_seq, last_hash FROM {table}").fetchall()}
                 for stream in streams:
@@ -166,23 +167,45 @@ class DuckDBBuffer:
             self._finish_gaps()
         except duckdb.Error as exc:
             self._con.close()
-            raise self._corrupt(exc) from None
+            raise self._open_error(exc) from None
         except BufferError:
             self._con.close()
             raise
+
+    def _attach(self, path: Path, name: str, options: str) -> None:
+        quoted = str(path).replace("'", "''")
+        try:
+            self._con.execute(f"ATTACH '{quoted}' AS {name}{options}")
+        except duckdb.Error as exc:
+            text = str(exc).lower()
+            if "could not set lock" in text or "conflicting lock" in text or "already attached" in text:
+                holder = str(exc).partition("Conflicting lock is held in ")[2].partition(". See")[0]
+                raise BufferError(f"buffer {path} is in use by another process{f' ({holder})' if holder else ''}: "
+                                  "is the agent already running? Stop it first (`export` and `replay` need the "
+                                  "agent stopped), or give this agent its own buffer.path") from None
+            raise
+
+    def _open_error(self, exc: duckdb.Error) -> BufferError:
+        """Damage (the file's bytes are wrong) keeps copies aside; anything else is named as it is."""
+        if _is_damage(exc):
+            return self._corrupt(exc)
+        log.debug("buffer open failed", path=str(self.path), exc_info=exc)
+        return BufferError(f"cannot open buffer {self.path}: {_first_line(exc)}. Nothing was changed or copied; "
+                           "check the path and its folder, or run with logging.level: debug for the details")
 
     def _corrupt(self, exc: Exception) -> BufferCorrupt:
         # Never start an empty buffer over real data: keep the damaged files for recovery.
         stamp = time.strftime('%Y%m%dT%H%M%S')
         kept = []
-        for path in (self.path, records_path(self.path)):
+        files = (self.path, records_path(self.path))
+        for path in (*files, *(f.with_name(f.name + ".wal") for f in files)):  # a damaged WAL too
             if path.exists():
                 aside = path.with_name(f"{path.name}.corrupt-{stamp}")
                 shutil.copy2(path, aside)
                 kept.append(str(aside))
         moved = f"; a copy is kept as {' and '.join(kept)}" if kept else ""
         return BufferCorrupt(
-            f"cannot open buffer {self.path}: {exc}{moved}. The agent will not start over a damaged buffer: "
+            f"cannot open buffer {self.path}: {_first_line(exc)}{moved}. The agent will not start over a damaged buffer: "
             "restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
         )
 
@@ -481,6 +504,43 @@ class DuckDBBuffer:
             pass  # the WALs still hold everything committed
         self._records.close()
         self._con.close()
+
+
+# DuckDB's words for a file whose bytes are wrong (a torn write, a scribbled block, not a
+# database at all). Every other error at open is the environment's or ours, never damage.
+_DAMAGE_MARKERS = ("corrupt", "checksum", "not a valid duckdb", "replaying wal", "replay wal", "wal file",
+                   "could not read enough bytes", "truncated", "serializ", "invalid block", "magic")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _DAMAGE_MARKERS)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_place(path: Path) -> None:
+    """The buffer's folder exists (or can be made) and the path is not a folder: say so plainly."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BufferError(f"cannot create the folder of buffer {path}: {exc.strerror or exc} "
+                          f"({exc.filename or path.parent}). Check buffer.path and the folder's permissions") from None
+    if not path.parent.is_dir():
+        raise BufferError(f"buffer {path}: {path.parent} is not a folder. Check buffer.path") from None
+    for p in (path, records_path(path)):
+        if p.is_dir():
+            raise BufferError(f"buffer {p} is a folder, not a file: point buffer.path at a file name "
+                              f"(e.g. {p / 'line.duckdb'})") from None
+    for p in (path, records_path(path)):
+        if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+            raise BufferError(f"buffer {p} is not readable and writable by this user: fix its permissions "
+                              "(the agent needs read and write)") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise BufferError(f"the folder {path.parent} of buffer {path.name} is not writable by this user: "
+                          "fix its permissions (DuckDB writes its WAL beside the file)") from None
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table_name: str, batch: pa.Table) -> None:
