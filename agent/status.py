@@ -64,7 +64,9 @@ def print_status(cfg: LineConfig) -> int:
     if doc is not None:
         source = f"running agent (pid {doc['pid']}, status written {_age(doc['written_at'])} ago)"
     else:
-        if not Path(cfg.buffer.path).exists():
+        path = Path(cfg.buffer.path)
+        blocked = any(p.exists() and not p.is_dir() for p in path.parents)  # a file where a folder must be
+        if not path.exists() and not blocked:
             typer.echo(f"no buffer at {cfg.buffer.path}: the agent has not run with this config yet")
             return 1
         try:
