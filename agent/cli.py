@@ -21,6 +21,15 @@ app = typer.Typer(
 EXIT_CONFIG = 2  # the config file is wrong: fix it and run again
 
 
+@app.callback()
+def _quiet_logs() -> None:
+    """Every command logs warnings and errors to stderr; `run` and `simulate` set their own level.
+    (structlog unconfigured would print debug lines, tracebacks included, on stdout.)"""
+    from linetap.agent.logs import configure_logging
+
+    configure_logging("auto", "warning")
+
+
 def _load_or_exit(path: Path):
     from linetap.config.loader import ConfigError, load_config
 

@@ -190,6 +190,9 @@ class DuckDBBuffer:
         if _is_damage(exc):
             return self._corrupt(exc)
         log.debug("buffer open failed", path=str(self.path), exc_info=exc)
+        if isinstance(exc, duckdb.CatalogException | duckdb.BinderException | duckdb.ConstraintException):
+            return BufferError(f"buffer {self.path} is a DuckDB database, but not a linetap buffer "
+                               f"({_first_line(exc)}): point buffer.path at another file, or move this one away")
         return BufferError(f"cannot open buffer {self.path}: {_first_line(exc)}. Nothing was changed or copied; "
                            "check the path and its folder, or run with logging.level: debug for the details")
 
