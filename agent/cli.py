@@ -78,9 +78,21 @@ def _run_until_signal(coro_factory) -> None:
     asyncio.run(main())
 
 
+def _exit_on_sigterm_until_running() -> None:
+    """A stop (systemd, a test) that arrives while the agent is still starting: nothing is open
+    yet, so exit 0 at once instead of dying by the signal. The event loop's handler replaces this."""
+    import signal
+
+    def stop_now(_signum, _frame) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_now)
+
+
 @app.command()
 def run(config: Path = typer.Argument(..., help="line config (YAML)")) -> None:
     """Run the agent until SIGINT/SIGTERM; then stop cleanly (everything buffered is kept)."""
+    _exit_on_sigterm_until_running()
     from linetap.agent.logs import configure_logging
     from linetap.agent.runtime import Agent
     from linetap.buffers import BufferError

@@ -45,6 +45,7 @@ from linetap.agent.payload import (
     telemetry_chunk,
 )
 from linetap.agent.records import StoredRecord, now_us
+from linetap.buffers import BufferWriteFailed
 
 log = structlog.get_logger("linetap.forwarder")
 
@@ -457,7 +458,11 @@ class MQTTForwarder:
         self._last_flush = now
         for stream, seq in list(self._acked.items()):
             if seq > self._stored[stream]:
-                await self.buffer.ack(self.sink, stream, seq)
+                try:
+                    await self.buffer.ack(self.sink, stream, seq)
+                except BufferWriteFailed as exc:  # a full disk: the agent raises the alarm; store later
+                    log.debug("cursor not stored: buffer cannot be written", stream=stream, seq=seq, cause=exc.cause)
+                    return
                 self._stored[stream] = seq
 
     # -- stop -----------------------------------------------------------------------------

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import structlog
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
 from linetap.agent.records import Event, SampleBatch, now_us
-from linetap.buffers import AsyncBuffer
+from linetap.buffers import AsyncBuffer, BufferWriteFailed
 from linetap.config.models import LineConfig
 from linetap.drivers import DriverError, create_driver
 
@@ -36,6 +38,9 @@ log = structlog.get_logger("linetap.agent")
 
 SINK = "mqtt"
 _FLUSH_SAMPLES = 50_000  # commit early when this many samples wait, whatever the interval
+# While the buffer cannot be written (disk full, read-only folder), telemetry is held in memory up
+# to buffer.hold_samples, events and unit records all; commits are retried this often (seconds).
+WRITE_RETRY = 1.0
 
 
 @dataclass
@@ -78,6 +83,9 @@ class Agent:
         self._records: asyncio.Queue[Event | _Captured] = asyncio.Queue()
         self._station = {d.name: d.station_name for d in config.devices}
         self.status_file = status_file or status_path(config)
+        self._held: deque[SampleBatch] = deque()  # telemetry the buffer refused, oldest first
+        self._held_samples = 0
+        self.write_fault: BufferWriteFailed | None = None  # set while the buffer cannot be written
         self.capture = CaptureEngine(config)
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
 
@@ -176,12 +184,17 @@ class Agent:
     # -- writer ---------------------------------------------------------------------------
 
     async def _telemetry_writer(self) -> None:
-        """Commit the samples: at least every flush interval, sooner when many wait."""
+        """Commit the samples: at least every flush interval, sooner when many wait; while the
+        buffer refuses writes, retry every WRITE_RETRY seconds."""
         interval = self.config.buffer.flush_interval
         batches: list[SampleBatch] = []
         try:
             while True:
-                batches.append(await self._queue.get())
+                try:
+                    batches.append(await asyncio.wait_for(self._queue.get(), WRITE_RETRY if self._held else None))
+                except TimeoutError:
+                    await self._commit_telemetry([])  # nothing new: just retry what is held
+                    continue
                 samples = len(batches[0])
                 deadline = time.monotonic() + interval
                 while samples < _FLUSH_SAMPLES:
@@ -199,25 +212,97 @@ class Agent:
         except asyncio.CancelledError:
             while not self._queue.empty():
                 batches.append(self._queue.get_nowait())
-            if batches:
-                await self._commit_telemetry(batches)
+            await self._commit_telemetry(batches)
+            if self._held:
+                log.error("buffer cannot be written: telemetry held in memory is lost at this stop",
+                          samples=self._held_samples, path=str(self.config.buffer.path))
             raise
 
     async def _commit_telemetry(self, batches: list[SampleBatch]) -> None:
-        await self.buffer.append(pa.concat_tables([b.to_arrow() for b in batches]))
-        for batch in batches:
+        todo = [*self._held, *batches]
+        try:
+            if todo:
+                await self.buffer.append(pa.concat_tables([b.to_arrow() for b in todo]))
+        except BufferWriteFailed as exc:
+            self._write_failed(exc)
+            self._held.extend(batches)
+            self._held_samples += sum(len(b) for b in batches)
+            await self._drop_oldest_held()
+            return
+        finally:
+            for _ in batches:
+                self._queue.task_done()
+        for batch in todo:
             self.stats.devices[batch.device].last_batch = batch
             self.stats.samples_buffered += len(batch)
-            self._queue.task_done()
+        if self._held:
+            log.warning("buffer written again: held telemetry committed", samples=self._held_samples)
+            self._held.clear()
+            self._held_samples = 0
         self.stats.commits += 1
         self.forwarder.notify()
+        self._write_recovered()
+
+    async def _drop_oldest_held(self) -> None:
+        """Past buffer.hold_samples, the oldest held telemetry goes; its seqs are reserved and named by a gap event."""
+        dropped: list[SampleBatch] = []
+        while self._held_samples > self.config.buffer.hold_samples and len(self._held) > 1:
+            batch = self._held.popleft()
+            self._held_samples -= len(batch)
+            dropped.append(batch)
+        if not dropped:
+            return
+        count = sum(len(b) for b in dropped)
+        first, last = await self.buffer.skip_telemetry(count)
+        cause = self.write_fault.cause if self.write_fault else "write_failed"
+        log.error("buffer cannot be written: oldest held telemetry dropped", seq_first=first, seq_last=last,
+                  count=count, cause=cause, held=self._held_samples)
+        self._put(Event("gap", now_us(), data={
+            "stream": "telemetry", "seq_first": first, "seq_last": last, "count": count,
+            "ts_first": min(b.agent_ts for b in dropped), "ts_last": max(b.agent_ts for b in dropped),
+            "cause": cause,
+            "reason": f"buffer {self.config.buffer.path} cannot be written ({cause}): more than "
+                      f"{self.config.buffer.hold_samples} "
+                      "samples held in memory, the oldest dropped"}))
+
+    def _write_failed(self, exc: BufferWriteFailed) -> None:
+        """The first failure of a run of them: an error line and an alarm event (forwarded from
+        memory, since it may not be committed either); the ones after it at debug level."""
+        if self.write_fault is not None:
+            log.debug("buffer still cannot be written", cause=exc.cause, error=str(exc))
+            return
+        self.write_fault = exc
+        path = self.config.buffer.path
+        free = _free_bytes(path)
+        doing = (f"holding telemetry in memory (up to {self.config.buffer.hold_samples} samples, then dropping the "
+                 "oldest with gap "
+                 f"events) and every event and unit record, retrying every {WRITE_RETRY:g}s")
+        log.error("buffer cannot be written", cause=exc.cause, path=str(path), free_bytes=free, error=str(exc),
+                  doing=doing)
+        self._put(Event("alarm", now_us(), data={
+            "alarm": exc.cause, "path": str(path), "free_bytes": free, "error": str(exc), "doing": doing}))
+
+    def _write_recovered(self) -> None:
+        fault = self.write_fault
+        if fault is None or self._held or self.buffer.held_records():
+            return
+        self.write_fault = None
+        path = self.config.buffer.path
+        log.warning("buffer written again", cause=fault.cause, path=str(path), free_bytes=_free_bytes(path))
+        self._put(Event("alarm", now_us(), data={
+            "alarm": fault.cause, "state": "cleared", "path": str(path), "free_bytes": _free_bytes(path)}))
 
     async def _records_writer(self) -> None:
         """Commit events and unit records at once, whatever the telemetry is doing."""
         taken: list[Event | _Captured] = []
         try:
             while True:
-                taken.append(await self._records.get())
+                try:
+                    retry = WRITE_RETRY if self.buffer.held_records() else None
+                    taken.append(await asyncio.wait_for(self._records.get(), retry))
+                except TimeoutError:
+                    await self._commit_records([])
+                    continue
                 while not self._records.empty():
                     taken.append(self._records.get_nowait())
                 await self._commit_records(taken)
@@ -225,8 +310,11 @@ class Agent:
         except asyncio.CancelledError:
             while not self._records.empty():
                 taken.append(self._records.get_nowait())
-            if taken:
-                await self._commit_records(taken)
+            await self._commit_records(taken)
+            if self.buffer.held_records():
+                log.error("buffer cannot be written: events and unit records held in memory are lost at this "
+                          "stop (they were published if the broker was reachable)",
+                          records=self.buffer.held_records(), path=str(self.config.buffer.path))
             raise
 
     async def _commit_records(self, taken: list[Event | _Captured]) -> None:
@@ -238,13 +326,27 @@ class Agent:
             else:
                 events.extend(item.events)
                 units.extend(item.units)
-        result = await self.buffer.append(None, events, units)
+        try:
+            if events or units:
+                result = await self.buffer.append(None, events, units)
+                stored = {"events": result.events, "units": result.units}
+            elif self.buffer.held_records():
+                await self.buffer.retry_records()
+                stored = {}
+            else:
+                return
+        except BufferWriteFailed as exc:
+            self._write_failed(exc)
+            stored = {"events": exc.records[0], "units": exc.records[1]}  # held, chained: published anyway
+        else:
+            self.stats.commits += 1
+            self._write_recovered()
+        finally:
+            for _ in taken:
+                self._records.task_done()
         # straight to the forwarder: no buffer read between the commit and the publish
-        self.forwarder.offer({"events": result.events, "units": result.units})
+        self.forwarder.offer(stored)
         self.stats.units += len(units)
-        self.stats.commits += 1
-        for _ in taken:
-            self._records.task_done()
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -252,29 +354,36 @@ class Agent:
         last_purge = 0.0
         over_cap = False
         while True:
-            await self._write_status_file()
-            cap = await self.buffer.enforce_cap(self.config.buffer.max_size, SINK)
-            for gap in cap.gaps:
-                log.error("buffer full: telemetry dropped", seq_first=gap.data["seq_first"],
-                          seq_last=gap.data["seq_last"], count=gap.data["count"], max_size=self.config.buffer.max_size)
-            if cap.gaps:
-                self.forwarder.notify()
-            if cap.over_cap and not over_cap:
-                # Unit records and events are never dropped: say so loudly, once, and keep them.
-                log.error("buffer over its size cap with only unit records and events left; keeping them",
-                          max_size=self.config.buffer.max_size, path=str(self.config.buffer.path))
-                self._put(Event("alarm", now_us(), data={
-                    "alarm": "buffer_over_cap", "max_size": self.config.buffer.max_size,
-                    "reason": "only unit records and events left in the buffer, none dropped; "
-                              "raise buffer.max_size or restore the connection to the broker"}))
-            over_cap = cap.over_cap
-            if time.monotonic() - last_purge > 60:
-                last_purge = time.monotonic()
-                cutoff = now_us() - int(self.config.buffer.retention * 1e6)
-                deleted = await self.buffer.purge_delivered(SINK, cutoff)
-                if any(deleted.values()):
-                    log.info("retention purge", **{f"deleted_{k}": v for k, v in deleted.items()})
+            try:
+                over_cap, last_purge = await self._housekeep(over_cap, last_purge)
+            except BufferWriteFailed as exc:  # the writers raise the alarm; this just waits
+                log.debug("housekeeping skipped: buffer cannot be written", cause=exc.cause)
             await asyncio.sleep(2.0)
+
+    async def _housekeep(self, over_cap: bool, last_purge: float) -> tuple[bool, float]:
+        await self._write_status_file()
+        cap = await self.buffer.enforce_cap(self.config.buffer.max_size, SINK)
+        for gap in cap.gaps:
+            log.error("buffer full: telemetry dropped", seq_first=gap.data["seq_first"],
+                      seq_last=gap.data["seq_last"], count=gap.data["count"], max_size=self.config.buffer.max_size)
+        if cap.gaps:
+            self.forwarder.notify()
+        if cap.over_cap and not over_cap:
+            # Unit records and events are never dropped: say so loudly, once, and keep them.
+            log.error("buffer over its size cap with only unit records and events left; keeping them",
+                      max_size=self.config.buffer.max_size, path=str(self.config.buffer.path))
+            self._put(Event("alarm", now_us(), data={
+                "alarm": "buffer_over_cap", "max_size": self.config.buffer.max_size,
+                "reason": "only unit records and events left in the buffer, none dropped; "
+                          "raise buffer.max_size or restore the connection to the broker"}))
+        over_cap = cap.over_cap
+        if time.monotonic() - last_purge > 60:
+            last_purge = time.monotonic()
+            cutoff = now_us() - int(self.config.buffer.retention * 1e6)
+            deleted = await self.buffer.purge_delivered(SINK, cutoff)
+            if any(deleted.values()):
+                log.info("retention purge", **{f"deleted_{k}": v for k, v in deleted.items()})
+        return over_cap, last_purge
 
     async def _write_status_file(self) -> None:
         """The buffer file is locked while the agent runs; `linetap status` reads this instead."""
@@ -305,6 +414,13 @@ async def _cancel_all(tasks: list[asyncio.Task]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.2)
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
 
 
 def status_path(config: LineConfig) -> Path:

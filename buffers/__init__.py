@@ -6,9 +6,10 @@ from .duckdb_buffer import (
     AsyncBuffer,
     BufferCorrupt,
     BufferError,
+    BufferWriteFailed,
     CapResult,
     DuckDBBuffer,
     StreamStats,
 )
 
-__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "CapResult", "DuckDBBuffer", "StreamStats"]
+__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "BufferWriteFailed", "CapResult", "DuckDBBuffer", "StreamStats"]

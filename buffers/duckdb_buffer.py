@@ -84,6 +84,17 @@ class BufferCorrupt(BufferError):
     """The file exists but cannot be opened as a linetap buffer."""
 
 
+class BufferWriteFailed(BufferError):
+    """A commit failed for a reason outside the data (disk full, read-only or vanished folder):
+    nothing of it was written, the buffer is still usable, the same write can be tried again.
+    `cause` is one of disk_full, read_only, permission_denied, folder_missing, write_failed."""
+
+    def __init__(self, message: str, cause: str, records: tuple[list[StoredRecord], list[StoredRecord]] = ([], [])):
+        super().__init__(message)
+        self.cause = cause
+        self.records = records  # append_records: what was chained and is held in memory (events, units)
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     telemetry: tuple[int, int] | None  # first and last seq assigned, or None
@@ -155,6 +166,7 @@ class DuckDBBuffer:
             self._records.execute(_SEARCH_PATH)
             self._records_lock = threading.Lock()
             self._handed_out = 0  # highest telemetry seq read_telemetry returned since open
+            self._held: dict[str, list[StoredRecord]] = {s: [] for s in RECORD_STREAMS}  # see append_records
             self._last: dict[str, tuple[int, str]] = {}
             for table, streams in ((f"{BUFFER_DB}.streams", ("telemetry",)), (f"{RECORDS_DB}.streams", RECORD_STREAMS)):
                 heads = {s: (q, h) for s, q, h in
@@ -165,6 +177,7 @@ class DuckDBBuffer:
                         self._con.execute(f"INSERT INTO {table} VALUES (?, 0, ?)", [stream, GENESIS])
                     self._last[stream] = heads[stream]
             self._finish_gaps()
+            self._after_gaps()
         except duckdb.Error as exc:
             self._con.close()
             raise self._open_error(exc) from None
@@ -250,9 +263,19 @@ class DuckDBBuffer:
         """A size-cap drop commits its gap event first, then deletes: finish a delete a crash cut off."""
         ranges = self._con.execute(
             f"""SELECT json_extract(body, '$.seq_first')::BIGINT, json_extract(body, '$.seq_last')::BIGINT
-                FROM {RECORDS_DB}.events WHERE body LIKE '%"kind":"gap"%'""").fetchall()
+                FROM {RECORDS_DB}.events WHERE body LIKE '%"kind":"gap"%'
+                AND coalesce(json_extract_string(body, '$.cause'), 'size_cap') = 'size_cap'""").fetchall()
         for first, last in ranges:
             self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
+
+    def _after_gaps(self) -> None:
+        """Seqs a gap event names are never given to new rows (a drop on a full disk reserves
+        them in memory; the gap event may have been committed while the telemetry head was not)."""
+        end = self._con.execute(
+            f"""SELECT max(json_extract(body, '$.seq_last')::BIGINT) FROM {RECORDS_DB}.events
+                WHERE body LIKE '%"kind":"gap"%'""").fetchall()[0][0]
+        if end is not None and end > self._last["telemetry"][0]:
+            self._last["telemetry"] = (end, GENESIS)
 
     # -- appending ------------------------------------------------------------------------
 
@@ -282,46 +305,85 @@ class DuckDBBuffer:
             # a plain UPDATE of the row made at open: an upsert costs ~5 ms of CPU per commit
             con.execute("UPDATE streams SET last_seq = ? WHERE stream = 'telemetry'", [last])
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        except BaseException as exc:
+            _rollback(con)
+            raise self._write_failure(exc, self.path) from exc
         self._last["telemetry"] = (last, GENESIS)
         return first, last
+
+    def skip_telemetry(self, count: int) -> tuple[int, int]:
+        """Reserve `count` telemetry seqs that will never hold a row (samples the agent had to drop,
+        named by a gap event with this range). Stored with the next telemetry commit; and at open
+        the last seq is never below the end of a gap event, so a committed gap's seqs are never reused."""
+        first = self._last["telemetry"][0] + 1
+        last = first + count - 1
+        self._last["telemetry"] = (last, GENESIS)
+        return first, last
+
+    def _write_failure(self, exc: BaseException, path: Path) -> BaseException:
+        """A failed commit as BufferWriteFailed when the cause is the file system; anything else as it is."""
+        if not isinstance(exc, duckdb.Error):
+            return exc
+        text = str(exc)
+        cause = next((cause for marker, cause in _WRITE_FAILURES if marker in text), None)
+        if cause is None:
+            if not isinstance(exc, duckdb.IOException | duckdb.TransactionException) or _is_damage(exc):
+                return exc
+            cause = "write_failed"
+        return BufferWriteFailed(f"cannot write buffer {path}: {_first_line(exc)}", cause)
 
     def append_records(self, events: Sequence[Event] = (), units: Sequence[dict[str, Any]] = ()
                        ) -> tuple[list[StoredRecord], list[StoredRecord]]:
         """Events and unit records in one transaction of the records file, each linked into its
-        stream's hash chain. Returns what was stored: (events, units)."""
+        stream's hash chain. Returns what was stored: (events, units).
+
+        The records get their seq, id and hash before the commit. If the commit fails for a reason
+        outside the data (BufferWriteFailed: a full disk), they are held in memory with those
+        values, readable through `read_records`, and committed first by the next call (an empty
+        call just retries): unit records and events are never dropped."""
         with self._records_lock:
-            con = self._records
-            last = {s: self._last[s] for s in RECORD_STREAMS}
-            stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
             recorded_at = now_us()
-            con.execute("BEGIN")
-            try:
-                for stream, items in (("events", [e.body() for e in events]), ("units", list(units))):
-                    if not items:
-                        continue
-                    seq_no, prev = last[stream]
-                    rows = []
-                    for body in items:
-                        seq_no += 1
-                        rid = f"{self.agent_id}/{stream}/{seq_no}"
-                        h = record_hash(prev, id=rid, stream=stream, seq=seq_no, recorded_at=recorded_at, body=body)
-                        stored[stream].append(StoredRecord(stream, seq_no, rid, recorded_at, body, prev, h))
-                        rows.append((seq_no, rid, recorded_at, orjson.dumps(body).decode(), prev, h))
-                        prev = h
-                    _insert_arrow(con, f"{RECORDS_DB}.{stream}",
-                                  pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
-                    last[stream] = (seq_no, prev)
-                    con.execute(f"UPDATE {RECORDS_DB}.streams SET last_seq = ?, last_hash = ? WHERE stream = ?",
-                                [seq_no, prev, stream])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            self._last.update(last)
+            stored: dict[str, list[StoredRecord]] = {"events": [], "units": []}
+            for stream, items in (("events", [e.body() for e in events]), ("units", list(units))):
+                seq_no, prev = self._last[stream]
+                for body in items:
+                    seq_no += 1
+                    rid = f"{self.agent_id}/{stream}/{seq_no}"
+                    h = record_hash(prev, id=rid, stream=stream, seq=seq_no, recorded_at=recorded_at, body=body)
+                    stored[stream].append(StoredRecord(stream, seq_no, rid, recorded_at, body, prev, h))
+                    prev = h
+                self._last[stream] = (seq_no, prev)
+                self._held[stream].extend(stored[stream])
+            if any(self._held.values()):
+                try:
+                    self._commit_held()
+                except BufferWriteFailed as exc:
+                    exc.records = (stored["events"], stored["units"])
+                    raise
             return stored["events"], stored["units"]
+
+    def _commit_held(self) -> None:
+        con = self._records
+        con.execute("BEGIN")
+        try:
+            for stream in RECORD_STREAMS:
+                held = self._held[stream]
+                if not held:
+                    continue
+                rows = [(r.seq, r.id, r.recorded_at, orjson.dumps(r.body).decode(), r.prev_hash, r.hash) for r in held]
+                _insert_arrow(con, f"{RECORDS_DB}.{stream}", pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
+                con.execute(f"UPDATE {RECORDS_DB}.streams SET last_seq = ?, last_hash = ? WHERE stream = ?",
+                            [held[-1].seq, held[-1].hash, stream])
+            con.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(con)
+            raise self._write_failure(exc, self.records_path) from exc
+        for stream in RECORD_STREAMS:
+            self._held[stream].clear()
+
+    def held_records(self) -> int:
+        """Events and unit records chained but not yet committed (the disk refused them)."""
+        return sum(len(h) for h in self._held.values())
 
     # -- reading --------------------------------------------------------------------------
 
@@ -356,7 +418,9 @@ class DuckDBBuffer:
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 [after_seq, limit],
             ).fetchall()
-        return [StoredRecord(stream, s, i, r, orjson.loads(b), p, h) for s, i, r, b, p, h in rows]
+            held = [r for r in self._held[stream] if r.seq > after_seq]  # newer than every committed row
+        stored = [StoredRecord(stream, s, i, r, orjson.loads(b), p, h) for s, i, r, b, p, h in rows]
+        return stored + held[:limit - len(stored)]
 
     def export_query(self, stream: str, from_seq: int | None = None, to_seq: int | None = None,
                      since_us: int | None = None, until_us: int | None = None) -> tuple[str, list[Any]]:
@@ -396,13 +460,19 @@ class DuckDBBuffer:
         """Acknowledge everything up to `seq` for this sink. The cursor never moves back."""
         if seq > self._last[stream][0]:
             raise ValueError(f"cannot acknowledge {stream} seq {seq}: the last seq is {self._last[stream][0]}")
+        held = self._held.get(stream)
+        if held:  # a record published from memory is acknowledged in the file only once it is committed
+            seq = min(seq, held[0].seq - 1)
         ts = now_us()
-        updated = self._con.execute(
-            "UPDATE cursors SET seq = greatest(seq, ?), updated_at = ? WHERE sink = ? AND stream = ?",
-            [seq, ts, sink, stream],
-        ).fetchall()[0][0]
-        if not updated:  # the first ack of this sink and stream (an upsert costs 3x the CPU)
-            self._con.execute("INSERT INTO cursors VALUES (?, ?, ?, ?)", [sink, stream, seq, ts])
+        try:
+            updated = self._con.execute(
+                "UPDATE cursors SET seq = greatest(seq, ?), updated_at = ? WHERE sink = ? AND stream = ?",
+                [seq, ts, sink, stream],
+            ).fetchall()[0][0]
+            if not updated:  # the first ack of this sink and stream (an upsert costs 3x the CPU)
+                self._con.execute("INSERT INTO cursors VALUES (?, ?, ?, ?)", [sink, stream, seq, ts])
+        except duckdb.Error as exc:
+            raise self._write_failure(exc, self.path) from exc
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -426,6 +496,12 @@ class DuckDBBuffer:
 
     def purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
         """Delete rows the sink acknowledged that are older than the retention limit, in bulk."""
+        try:
+            return self._purge_delivered(sink, older_than_us)
+        except duckdb.Error as exc:
+            raise self._write_failure(exc, self.path) from exc
+
+    def _purge_delivered(self, sink: str, older_than_us: int) -> dict[str, int]:
         deleted = {}
         for stream in STREAMS:
             cur = self.cursor(sink, stream)
@@ -451,10 +527,16 @@ class DuckDBBuffer:
         """Keep the buffer under `max_bytes`: first delivered rows go, then the oldest unsent
         telemetry, each drop recorded as a `gap` event in the same transaction. Unit records and
         events are never dropped: if they alone exceed the cap, `over_cap` stays true."""
-        result = CapResult()
         if self.used_bytes() <= max_bytes:
-            return result
-        result.purged = sum(self.purge_delivered(sink, older_than_us=2**62).values())
+            return CapResult()
+        try:
+            return self._enforce_cap(max_bytes, sink, chunk)
+        except duckdb.Error as exc:
+            raise self._write_failure(exc, self.path) from exc
+
+    def _enforce_cap(self, max_bytes: int, sink: str, chunk: int) -> CapResult:
+        result = CapResult()
+        result.purged = sum(self._purge_delivered(sink, older_than_us=2**62).values())
         self._checkpoint()
         while self.used_bytes() > max_bytes:
             pending = self._con.execute("SELECT count(*) FROM telemetry WHERE seq > ?",
@@ -482,7 +564,7 @@ class DuckDBBuffer:
             "(SELECT seq, agent_ts FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?)", [cur, n]).fetchall()[0]
         gap = Event("gap", now_us(), data={
             "stream": "telemetry", "seq_first": first, "seq_last": last, "count": count,
-            "ts_first": ts0, "ts_last": ts1,
+            "ts_first": ts0, "ts_last": ts1, "cause": "size_cap",
             "reason": f"buffer size cap ({max_bytes} bytes) reached: oldest unsent telemetry dropped"})
         self.append_records([gap])
         self._con.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", [first, last]).fetchall()
@@ -515,6 +597,12 @@ _DAMAGE_MARKERS = ("corrupt", "checksum", "not a valid duckdb", "replaying wal",
                    "could not read enough bytes", "truncated", "serializ", "invalid block", "magic")
 
 
+# The file system's words (strerror) for a write it refused, and the alarm each one raises.
+_WRITE_FAILURES = (("No space left", "disk_full"), ("Disk quota exceeded", "disk_full"),
+                   ("Read-only file system", "read_only"), ("Permission denied", "permission_denied"),
+                   ("No such file", "folder_missing"))
+
+
 def _is_damage(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(marker in text for marker in _DAMAGE_MARKERS)
@@ -544,6 +632,15 @@ def _check_place(path: Path) -> None:
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise BufferError(f"the folder {path.parent} of buffer {path.name} is not writable by this user: "
                           "fix its permissions (DuckDB writes its WAL beside the file)") from None
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Undo a failed transaction without hiding why it failed: a COMMIT that failed (e.g. ENOSPC
+    while writing the WAL) has already ended the transaction, and ROLLBACK then raises."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table_name: str, batch: pa.Table) -> None:
@@ -595,6 +692,16 @@ class AsyncBuffer:
             stored_events, stored_units = await self._call_records(self._buffer.append_records, events, units)
         span = await self._call(self._buffer.append_telemetry, telemetry) if telemetry is not None else None
         return AppendResult(span, stored_events, stored_units)
+
+    async def skip_telemetry(self, count: int) -> tuple[int, int]:
+        return await self._call(self._buffer.skip_telemetry, count)
+
+    async def retry_records(self) -> None:
+        """Commit the events and unit records a failed commit left held in memory."""
+        await self._call_records(self._buffer.append_records)
+
+    def held_records(self) -> int:
+        return self._buffer.held_records()
 
     async def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
         return await self._call(self._buffer.read_telemetry, after_seq, limit)

@@ -106,6 +106,11 @@ class BufferConfig(Strict):
         16 * 2**20, ge=8 * 2**20,
         description="DuckDB's cache of the buffer file; its default (80% of RAM) lets the agent's memory grow with the "
                     "file. More only speeds up reading a large backlog, e.g. 64MiB")
+    hold_samples: int = Field(
+        500_000, ge=100, le=50_000_000,
+        description="while the buffer cannot be written (disk full, read-only folder), telemetry samples held in "
+                    "memory (~100 bytes each); beyond this the oldest are dropped, each drop a gap event. Events and "
+                    "unit records are always held")
 
 
 class LoggingConfig(Strict):
