@@ -209,7 +209,7 @@ class DemoResult:
         if missing := self.missing():
             failed.append("no " + ", no ".join(missing) + " reached the MES")
             if "unit records" in missing:
-                failed[-1] += " (the simulated units take about 2 s each: run 15 s or more)"
+                failed[-1] += " (the simulated units take about 2 s each: run 12 s or more)"
         if not self.chains.ok:
             failed.append("the hash chains did not verify")
         lines.append("linetap demo: FAILED: " + "; ".join(failed))
