@@ -284,7 +284,10 @@ async def run_demo(stop: asyncio.Event, *, broker: tuple[str, int] | None = None
 
     out = out or sys.stdout
     configure_logging("console", "warning")
-    workdir = Path(tempfile.mkdtemp(prefix="linetap-demo-"))
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="linetap-demo-"))
+    except OSError as err:
+        raise DemoError(f"cannot create the demo's folder in {tempfile.gettempdir()}: {err.strerror or err}") from None
     async with contextlib.AsyncExitStack() as stack:
         host, port, broker_desc = await stack.enter_async_context(demo_broker(broker, workdir))
         model = StationModel(seed=1, cycle_time=2.0, out_of_limit_share=0.15)

@@ -163,3 +163,21 @@ def test_terminal_redraws_in_place() -> None:
     assert "\x1b[1A" in text  # cursor up over the previous frame ...
     assert "\x1b[2J" not in text  # ... instead of clearing the screen
     assert "   990 samples" in text and "1,980 samples" in text  # both frames, the second drawn over the first
+
+
+async def test_an_agent_failure_is_one_line_with_the_details_kept(tmp_path: Path) -> None:
+    import asyncio
+
+    from linetap.agent.demo import DemoError, _run_agent
+
+    class BrokenAgent:
+        async def run(self, stop: asyncio.Event) -> None:
+            raise RuntimeError("buffer on fire")
+
+    async def refresh() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(DemoError, match="the agent stopped on an error: RuntimeError: buffer on fire") as err:
+        await _run_agent(BrokenAgent(), asyncio.Event(), 5.0, refresh, tmp_path)
+    assert str(tmp_path / "demo-error.txt") in str(err.value)
+    assert "Traceback" in (tmp_path / "demo-error.txt").read_text()  # in the file, not on the terminal
