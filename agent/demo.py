@@ -63,9 +63,13 @@ async def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT
     try:
         sock = await asyncio.to_thread(socket.create_connection, (host, port), timeout)
     except OSError as err:
-        reason = (err.strerror or str(err) or type(err).__name__).lower()
-        raise DemoError(f"cannot reach the broker at {host}:{port}: {reason}") from None
+        raise unreachable(host, port, err) from None
     sock.close()
+
+
+def unreachable(host: str, port: int, err: OSError) -> DemoError:
+    reason = (err.strerror or str(err) or type(err).__name__).lower()  # "connection refused", "timed out", ...
+    return DemoError(f"cannot reach the broker at {host}:{port}: {reason}")
 
 
 @contextlib.asynccontextmanager
@@ -268,7 +272,7 @@ async def start_subscriber(cfg: LineConfig, view: SubscriberView, stack: context
     try:
         sub.connect(host, port)
     except OSError as err:
-        raise DemoError(f"cannot reach the broker at {host}:{port}: {(err.strerror or str(err)).lower()}") from None
+        raise unreachable(host, port, err) from None
     sub.loop_start()
     stack.callback(sub.loop_stop)
     stack.callback(sub.disconnect)
