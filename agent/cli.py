@@ -63,19 +63,19 @@ def schema() -> None:
 EXIT_RUNTIME = 3  # the agent could not start or stopped on an error (buffer, permissions, ...)
 
 
-def _run_until_signal(coro_factory) -> None:
-    """Run `coro_factory(stop)` with SIGINT/SIGTERM setting `stop` (a clean, flushed shutdown)."""
+def _run_until_signal(coro_factory):
+    """Run `coro_factory(stop)` with SIGINT/SIGTERM setting `stop` (a clean, flushed shutdown); return its result."""
     import asyncio
     import signal
 
-    async def main() -> None:
+    async def main():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await coro_factory(stop)
+        return await coro_factory(stop)
 
-    asyncio.run(main())
+    return asyncio.run(main())
 
 
 def _exit_on_sigterm_until_running() -> None:
@@ -156,18 +156,49 @@ def simulate_opcua(
                                                seed=seed, bulk_count=bulk, stop=stop))
 
 
+EXIT_DEMO_FAILED = 1  # the demo ran, but the MES did not receive what it should (or the chains did not verify)
+
+
 @app.command()
 def demo(
-    broker: str | None = typer.Option(None, help="use this broker (host:port) instead of starting one"),
+    broker: str | None = typer.Option(None, help="use this broker (HOST:PORT) instead of starting one"),
     duration: float | None = typer.Option(None, help="stop after this many seconds (default: until Ctrl-C)"),
     tags: int = typer.Option(200, help="extra bulk tags to poll besides the station's own"),
     interval: str = typer.Option("100ms", help="poll interval"),
 ) -> None:
-    """Simulator + broker + agent + subscriber on this machine, with a live view. Needs nothing installed."""
-    from linetap.agent.demo import run_demo
+    """Simulator + broker + agent + subscriber on this machine, with a live view. Needs nothing installed.
 
-    _run_until_signal(lambda stop: run_demo(stop, broker=broker, duration=duration, bulk_tags=tags,
-                                            interval=interval))
+    Ends with what the MES stand-in received; exit 0 only if telemetry, unit records and events
+    arrived and their hash chains verified, else 1.
+    """
+    from linetap.agent.demo import DemoError, parse_broker, run_demo
+    from linetap.config.units import parse_duration
+    from linetap.simulators import BULK_COUNT
+
+    # every check before anything starts: a typo is a usage error (exit 2), not a half-started line
+    if duration is not None and not duration > 0:  # `not >` also refuses nan
+        raise typer.BadParameter("must be more than 0 seconds (leave it out to run until Ctrl-C)",
+                                 param_hint="--duration")
+    if not 0 <= tags <= BULK_COUNT:
+        raise typer.BadParameter(f"must be 0..{BULK_COUNT} (the simulator's bulk block)", param_hint="--tags")
+    try:
+        poll = parse_duration(interval)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--interval") from None
+    if not poll > 0:
+        raise typer.BadParameter("must be more than 0 (e.g. 100ms)", param_hint="--interval")
+    try:
+        broker_addr = parse_broker(broker) if broker is not None else None
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--broker") from None
+    try:
+        result = _run_until_signal(lambda stop: run_demo(stop, broker=broker_addr, duration=duration,
+                                                         bulk_tags=tags, interval=poll))
+    except DemoError as err:
+        typer.echo(f"linetap demo: {err}", err=True)
+        raise typer.Exit(EXIT_DEMO_FAILED) from None
+    typer.echo(result.summary())
+    raise typer.Exit(0 if result.ok else EXIT_DEMO_FAILED)
 
 
 def _iso_to_us(value: str | None, option: str) -> int | None:

@@ -1,7 +1,8 @@
 """`linetap demo`: a whole line on one machine — station simulator, broker, agent, subscriber.
 
 Needs nothing but Python: the broker is Mosquitto when it is installed, else an embedded
-amqtt broker, unless --broker names one.
+amqtt broker, unless --broker names one. The demo ends with what the MES stand-in received and
+whether the hash chains verified; `DemoResult.ok` is the exit code's truth.
 """
 
 from __future__ import annotations
@@ -15,22 +16,40 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 import orjson
 import paho.mqtt.client as mqtt
 
+from linetap.agent.demo_view import Display, Frame, make_display
 from linetap.agent.logs import configure_logging
-from linetap.agent.records import Quality
 from linetap.agent.runtime import Agent
+from linetap.agent.verify import Report, verify_lines
 from linetap.config.loader import load_config
 from linetap.config.models import LineConfig
 
 EXAMPLE = "heat-sealer-modbus.yaml"
+CONNECT_TIMEOUT = 3.0  # seconds to reach a broker given with --broker
+SUBSCRIBE_TIMEOUT = 5.0
+REFRESH = 1.0  # seconds between live-view frames
 
+
+class DemoError(Exception):
+    """Why the demo could not run, as one line for the terminal (no traceback)."""
+
+
+def parse_broker(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:1883`) -> (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
+    return host, int(port)
 
 
 def free_port() -> int:
@@ -39,12 +58,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast with one line when a given broker cannot be reached (the agent itself would retry forever)."""
+    try:
+        sock = await asyncio.to_thread(socket.create_connection, (host, port), timeout)
+    except OSError as err:
+        raise unreachable(host, port, err) from None
+    sock.close()
+
+
+def unreachable(host: str, port: int, err: OSError) -> DemoError:
+    reason = (err.strerror or str(err) or type(err).__name__).lower()  # "connection refused", "timed out", ...
+    return DemoError(f"cannot reach the broker at {host}:{port}: {reason}")
+
+
 @contextlib.asynccontextmanager
-async def demo_broker(broker: str | None, workdir: Path):
+async def demo_broker(broker: tuple[str, int] | None, workdir: Path):
     """Yield (host, port, description) of a broker for the demo."""
     if broker:
-        host, _, port = broker.rpartition(":")
-        yield host or "127.0.0.1", int(port or 1883), f"broker at {broker}"
+        host, port = broker
+        await check_reachable(host, port)
+        yield host, port, f"broker at {host}:{port}"
         return
     port = free_port()
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -53,7 +87,7 @@ async def demo_broker(broker: str | None, workdir: Path):
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            await _wait_port(port)
+            await _wait_port(port, f"Mosquitto ({binary})")
             yield "127.0.0.1", port, f"Mosquitto (pid {proc.pid}) on 127.0.0.1:{port}"
         finally:
             proc.terminate()
@@ -73,7 +107,7 @@ async def demo_broker(broker: str | None, workdir: Path):
         await embedded.shutdown()
 
 
-async def _wait_port(port: int, timeout: float = 10.0) -> None:
+async def _wait_port(port: int, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -81,18 +115,20 @@ async def _wait_port(port: int, timeout: float = 10.0) -> None:
             writer.close()
             return
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"broker did not open port {port}")
+    raise DemoError(f"{what} did not open port {port} within {timeout:.0f}s")
 
 
 @dataclass
 class SubscriberView:
-    """What the MES side sees: counts per stream and the latest events."""
+    """What the MES side sees: counts per stream, the latest records, and every unit record and event
+    as received (few and small: kept whole so the hash chains can be verified at the end)."""
 
     messages: int = 0
     samples: int = 0
     units: int = 0
     events: int = 0
-    max_seq: dict[str, int] = field(default_factory=dict)
+    last_message_at: float = 0.0
+    records: list[tuple[str, bytes]] = field(default_factory=list)  # (where, payload) for verify_lines
     recent: deque = field(default_factory=lambda: deque(maxlen=5))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -103,21 +139,29 @@ class SubscriberView:
             return
         with self.lock:
             self.messages += 1
+            self.last_message_at = time.monotonic()
             stream = doc.get("stream")
             if stream == "telemetry":
                 self.samples += doc.get("count", 0)
-                last = doc.get("seq_last", 0)
             elif stream in ("units", "events"):
                 if stream == "units":
                     self.units += 1
                 else:
                     self.events += 1
-                last = doc.get("seq", 0)
-                body = doc.get("body", {})
-                self.recent.append(f"{stream[:-1]} #{doc.get('seq')}: " + _describe(body))
-            else:
-                return
-            self.max_seq[stream] = max(self.max_seq.get(stream, 0), last)
+                self.records.append((f"{msg.topic} message {self.messages}", bytes(msg.payload)))
+                self.recent.append(f"{stream[:-1]} #{doc.get('seq')}: " + _describe(doc.get("body", {})))
+
+    def chains(self) -> Report:
+        with self.lock:
+            records = list(self.records)
+        return verify_lines(records)
+
+    async def settle(self, quiet: float = 0.5, limit: float = 3.0) -> None:
+        """Wait until nothing arrived for `quiet` s (at most `limit` s): the broker may still be delivering
+        what the agent had published before it stopped."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and time.monotonic() - self.last_message_at < quiet:
+            await asyncio.sleep(0.05)
 
 
 def _describe(body: dict) -> str:
@@ -125,10 +169,69 @@ def _describe(body: dict) -> str:
     return ", ".join(f"{k}={body[k]}" for k in keys if body.get(k) is not None)
 
 
-def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path, interval: str,
+@dataclass
+class DemoResult:
+    """What the MES stand-in received, and whether that proves the line works."""
+
+    elapsed: float
+    samples: int
+    chains: Report
+    buffer_path: Path
+
+    def _unique(self, stream: str) -> int:
+        return sum(c["unique"] for key, c in self.chains.counts.items() if key.endswith(f"/{stream}"))
+
+    @property
+    def units(self) -> int:
+        return self._unique("units")
+
+    @property
+    def events(self) -> int:
+        return self._unique("events")
+
+    def missing(self) -> list[str]:
+        """The streams of which nothing reached the MES."""
+        counts = {"telemetry": self.samples, "unit records": self.units, "events": self.events}
+        return [name for name, n in counts.items() if not n]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing() and self.chains.ok
+
+    def summary(self) -> str:
+        lines = [
+            f"linetap demo: in {self.elapsed:.1f}s the MES stand-in received {self.samples:,} samples, "
+            f"{self.units} unit records and {self.events} events",
+            f"  hash chains: {self._chains_line()}",
+            *(f"    {finding}" for finding in self.chains.findings[:10]),
+            f"  buffer kept in {self.buffer_path}",
+        ]
+        if self.ok:
+            lines.append("linetap demo: OK: telemetry, unit records and events reached the MES; the chains verified")
+            return "\n".join(lines)
+        failed = []
+        if missing := self.missing():
+            failed.append("no " + ", no ".join(missing) + " reached the MES")
+            if "unit records" in missing:
+                failed[-1] += " (the simulated units take about 2 s each: run 12 s or more)"
+        if not self.chains.ok:
+            failed.append("the hash chains did not verify")
+        lines.append("linetap demo: FAILED: " + "; ".join(failed))
+        return "\n".join(lines)
+
+    def _chains_line(self) -> str:
+        if not self.chains.ok:
+            return f"NOT verified ({len(self.chains.findings)} finding(s))"
+        if not self.chains.counts:
+            return "nothing to verify"
+        spans = ", ".join(f"{key.rpartition('/')[2]} seq {c['first']}..{c['last']}"
+                          for key, c in sorted(self.chains.counts.items()))
+        return f"verified ({spans}: none altered, reordered or left out)"
+
+
+def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path, interval: float,
                 bulk_tags: int) -> LineConfig:
     """The example line of `config/examples`, pointed at this demo's simulator, broker and folder."""
-    from linetap.config.units import parse_duration
     from linetap.drivers.modbus import ModbusTag
 
     example = resources.files("linetap.config") / "examples" / EXAMPLE
@@ -139,7 +242,7 @@ def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path
     # Extra load: the simulator's bulk block of float32 values that change over time.
     bulk = [ModbusTag(name=f"load_{i:04d}", address=BULK_ADDRESS + 2 * i, type="float32")
             for i in range(min(bulk_tags, BULK_COUNT))]
-    devices = [d.model_copy(update={"host": "127.0.0.1", "port": sim_port, "poll_interval": parse_duration(interval),
+    devices = [d.model_copy(update={"host": "127.0.0.1", "port": sim_port, "poll_interval": interval,
                                     "tags": [*d.tags, *bulk]}) for d in cfg.devices]
     return cfg.model_copy(update={
         "devices": devices,
@@ -149,13 +252,46 @@ def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path
     })
 
 
-async def run_demo(stop: asyncio.Event, *, broker: str | None = None, duration: float | None = None,
-                   bulk_tags: int = 200, interval: str = "100ms") -> None:
+async def start_subscriber(cfg: LineConfig, view: SubscriberView, stack: contextlib.AsyncExitStack) -> None:
+    """The MES stand-in, subscribed (SUBACK received) before the agent starts, so it misses nothing."""
+    host, port = cfg.mqtt.host, cfg.mqtt.port
+    subscribed = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+            subscribed.set()  # nothing more will come: wake the waiter
+        else:
+            client.subscribe(f"{cfg.topic_root}/#", qos=1)
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linetap-demo-mes-{port}")
+    sub.on_message = view.on_message
+    sub.on_connect = on_connect
+    sub.on_subscribe = lambda *_: subscribed.set()
+    try:
+        sub.connect(host, port)
+    except OSError as err:
+        raise unreachable(host, port, err) from None
+    sub.loop_start()
+    stack.callback(sub.loop_stop)
+    stack.callback(sub.disconnect)
+    if not await asyncio.to_thread(subscribed.wait, SUBSCRIBE_TIMEOUT):
+        raise DemoError(f"the broker at {host}:{port} did not answer the MES subscriber within {SUBSCRIBE_TIMEOUT:.0f}s")
+    if refused:
+        raise DemoError(f"the broker at {host}:{port} refused the MES subscriber: {refused[0]}")
+
+
+async def run_demo(stop: asyncio.Event, *, broker: tuple[str, int] | None = None, duration: float | None = None,
+                   bulk_tags: int = 200, interval: float = 0.1, out: TextIO | None = None) -> DemoResult:
     from linetap.simulators import ModbusStationServer, StationModel
 
+    out = out or sys.stdout
     configure_logging("console", "warning")
-    workdir = Path(tempfile.mkdtemp(prefix="linetap-demo-"))
-    out = sys.stdout
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="linetap-demo-"))
+    except OSError as err:
+        raise DemoError(f"cannot create the demo's folder in {tempfile.gettempdir()}: {err.strerror or err}") from None
     async with contextlib.AsyncExitStack() as stack:
         host, port, broker_desc = await stack.enter_async_context(demo_broker(broker, workdir))
         model = StationModel(seed=1, cycle_time=2.0, out_of_limit_share=0.15)
@@ -163,62 +299,51 @@ async def run_demo(stop: asyncio.Event, *, broker: str | None = None, duration: 
         await sim.start()
         stack.push_async_callback(sim.stop)
         cfg = demo_config(sim.port, host, port, workdir, interval, bulk_tags)
-
         view = SubscriberView()
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linetap-demo-mes-{port}")
-        sub.on_message = view.on_message
-        sub.on_connect = lambda c, *_: c.subscribe(f"{cfg.topic_root}/#", qos=1)
-        sub.connect(host, port)
-        sub.loop_start()
-        stack.callback(sub.loop_stop)
-        stack.callback(sub.disconnect)
+        await start_subscriber(cfg, view, stack)
 
+        display = make_display(out, [
+            "linetap demo  (Ctrl-C to stop)",
+            f"  simulator: Modbus heat sealer on 127.0.0.1:{sim.port}    broker: {broker_desc}",
+            f"  topics:    {cfg.topic_root}/#",
+        ])
+        stack.callback(display.close)
+        # again, now that a terminal view may have redirected sys.stderr: warnings then print above the view
+        configure_logging("console", "warning")
         agent = Agent(cfg)
-        agent_stop = asyncio.Event()
         started = time.monotonic()
+        await _run_agent(agent, stop, duration, lambda: _refresh(display, agent, view, started), workdir)
+        await view.settle()
+        elapsed = time.monotonic() - started
+    return DemoResult(elapsed=elapsed, samples=view.samples, chains=view.chains(), buffer_path=cfg.buffer.path)
+
+
+async def _run_agent(agent: Agent, stop: asyncio.Event, duration: float | None, refresh, workdir: Path) -> None:
+    """Run the agent (owned by a TaskGroup) until `stop` or `duration`, refreshing the view every second."""
+    agent_stop = asyncio.Event()
+    started = time.monotonic()
+    try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(agent.run(agent_stop))
             try:
-                while not stop.is_set():
-                    if duration is not None and time.monotonic() - started >= duration:
-                        break
+                while not stop.is_set() and (duration is None or time.monotonic() - started < duration):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    await _render(out, agent, view, cfg, broker_desc, sim.port, started)
+                        await asyncio.wait_for(stop.wait(), REFRESH)
+                    await refresh()
             finally:
                 agent_stop.set()
-        elapsed = time.monotonic() - started
-        out.write(f"\nlinetap demo: {view.samples} samples, {view.units} unit records, {view.events} events "
-                  f"delivered in {elapsed:.1f}s ({view.samples / elapsed:,.0f} samples/s). "
-                  f"Buffer kept in {cfg.buffer.path}\n")
+    except ExceptionGroup as group:
+        # the demo promises one line, not a traceback; the details are kept for whoever debugs it
+        err = group.exceptions[0]
+        details = workdir / "demo-error.txt"
+        details.write_text("".join(traceback.format_exception(group)))
+        raise DemoError(f"the agent stopped on an error: {type(err).__name__}: {err} (details in {details})") from None
 
 
-async def _render(out, agent: Agent, view: SubscriberView, cfg: LineConfig, broker_desc: str, sim_port: int,
-                  started: float) -> None:
-    elapsed = max(1e-6, time.monotonic() - started)
-    lines = [
-        "\x1b[2J\x1b[H" if out.isatty() else "",
-        "linetap demo  (Ctrl-C to stop)",
-        f"  simulator: Modbus heat sealer on 127.0.0.1:{sim_port}    broker: {broker_desc}",
-        f"  topics:    {cfg.topic_root}/#",
-        "",
-        f"  agent buffered {agent.stats.samples_buffered:>10,} samples  ({agent.stats.samples_buffered / elapsed:,.0f}/s)",
-        f"  MES received   {view.samples:>10,} samples  ({view.samples / elapsed:,.0f}/s) in {view.messages:,} messages",
-        f"                 {view.units:>10,} unit records, {view.events:,} events",
-    ]
-    if agent.buffer is not None:
-        for s in await agent.buffer.stats("mqtt"):
-            lines.append(f"  buffer {s.stream:<9} last seq {s.last_seq:>10}  acked {s.cursor:>10}  unsent {s.pending:>8}")
-    for name, dev in agent.stats.devices.items():
-        lines.append(f"  device {name}: {dev.state}{' (' + dev.reason + ')' if dev.reason else ''}")
-        last = dev.last_batch
-        shown_tags = zip(last.tag, last.value, last.quality, strict=True) if last is not None else ()
-        for tag, value, quality in list(shown_tags)[:12]:
-            q = "" if quality == Quality.GOOD else f"  [{Quality(quality).name.lower()}]"
-            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-            lines.append(f"      {tag:<22} {shown}{q}")
-    if view.recent:
-        lines.append("  latest records:")
-        lines.extend(f"    {r}" for r in list(view.recent))
-    out.write("\n".join(lines) + "\n")
-    out.flush()
+async def _refresh(display: Display, agent: Agent, view: SubscriberView, started: float) -> None:
+    buffer = await agent.buffer.stats("mqtt") if agent.buffer is not None else ()
+    with view.lock:
+        frame = Frame(elapsed=time.monotonic() - started, buffered=agent.stats.samples_buffered,
+                      samples=view.samples, messages=view.messages, units=view.units, events=view.events,
+                      buffer=buffer, devices=agent.stats.devices, recent=list(view.recent))
+    display.show(frame)

@@ -60,6 +60,11 @@ def _lines(paths: Iterable[Path]):
 
 
 def verify(paths: Iterable[Path]) -> Report:
+    return verify_lines(_lines(paths))
+
+
+def verify_lines(lines: Iterable[tuple[str, bytes]]) -> Report:
+    """`verify` over (where, raw JSON) pairs: for captures held in memory (e.g. `linetap demo`'s MES stand-in)."""
     report = Report()
     streams: dict[tuple[str, str], StreamCheck] = {}
     gaps: dict[str, list[tuple[int, int]]] = {}
@@ -83,7 +88,7 @@ def verify(paths: Iterable[Path]) -> Report:
         sc.last_first_seen = max(sc.last_first_seen, seq)
         sc.records[seq] = (where, content)
 
-    for where, raw in _lines(paths):
+    for where, raw in lines:
         try:
             doc = orjson.loads(raw)
             if "payload" in doc and "schema" not in doc:
@@ -172,4 +177,4 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Finding", "Report", "canonical_json", "render", "verify"]
+__all__ = ["Finding", "Report", "canonical_json", "render", "verify", "verify_lines"]
