@@ -210,3 +210,34 @@ def test_buffer_keeps_open_units_until_their_record_and_across_a_reopen(tmp_path
     buf.append(events=[ev], units=[{"kind": "unit", "station": "sealer1", "started_at": 1_000_000}])
     assert buf.open_units() == []  # started and recorded in one transaction: never open
     buf.close()
+
+
+def test_unit_started_envelope_fits_the_event_schema_and_verifies(tmp_path):
+    import json
+    from pathlib import Path
+
+    from jsonschema import Draft202012Validator, ValidationError
+
+    import linetap.config
+    from linetap.agent.payload import encode_record
+    from linetap.agent.verify import verify
+
+    schema = json.loads((Path(linetap.config.__file__).parent / "schemas" / "event.json").read_text())
+    validator = Draft202012Validator(schema)
+    body = started_body(station(), [poll(0, False), poll(1, True)])
+    ev = Event("unit_started", body["ts"], body["device"], body["station"],
+               {k: v for k, v in body.items() if k not in ("kind", "ts", "device", "station")})
+    buf = DuckDBBuffer(tmp_path / "b.duckdb", "a")
+    stored, _ = buf.append_records([ev, Event("device_state", 2, "plc1", None, {"state": "connected"})])
+    buf.close()
+    lines = [encode_record("a", rec, 9) for rec in stored]
+    for line in lines:
+        validator.validate(json.loads(line))
+    broken = json.loads(lines[0])
+    del broken["body"]["started_at"]
+    with pytest.raises(ValidationError, match="started_at"):
+        validator.validate(broken)
+    capture = tmp_path / "events.jsonl"
+    capture.write_bytes(b"\n".join(lines) + b"\n")
+    report = verify([capture])
+    assert report.ok and report.counts["a/events"]["unique"] == 2
