@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 import structlog
 
+from linetap.agent import unit_resume as resume
 from linetap.agent.records import Event, Quality, SampleBatch
-from linetap.agent.unit_resume import OpenUnit, in_progress_at_first_poll, still_in_progress, undecidable
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
 
@@ -84,7 +84,7 @@ class StationAssembler:
         self._current: dict[str, Any] = {}
         self.unit: _Unit | None = None
         self.units_done = 0
-        self.pending: OpenUnit | None = None  # a unit a previous agent left open, resolved at the first poll
+        self.pending: resume.OpenUnit | None = None  # a unit a previous agent left open, resolved at the first poll
         self._first = True  # no good value of the start tag seen yet since the agent started
         self._closed_serial: str | None = None  # a left-open unit closed at the restart: not opened again
 
@@ -127,7 +127,7 @@ class StationAssembler:
             self._first = False
             if self.pending is not None:
                 self._resolve(self._serial(), ts, units, events)
-            if self.unit is None and in_progress_at_first_poll(self.cfg, self._current) \
+            if self.unit is None and resume.in_progress_at_first_poll(self.cfg, self._current) \
                     and (self._closed_serial is None or self._serial() != self._closed_serial):
                 self._open(ts, events, before_agent=True)
 
@@ -205,7 +205,7 @@ class StationAssembler:
         self.unit = _Unit(serial=p.serial, lot=p.lot, operator=p.operator, started_at=p.started_at,
                           params=[_ParamState(s) for s in self.cfg.parameters], seen_from=ts,
                           interrupted={"from": p.stopped_at, "to": ts})
-        if why is None and still_in_progress(self.cfg, p, self._current, serial):
+        if why is None and resume.still_in_progress(self.cfg, p, self._current, serial):
             log.warning("unit resumed after an agent restart", station=self.cfg.name, serial=p.serial,
                         missed_s=(ts - p.stopped_at) / 1e6)
             return
@@ -230,7 +230,7 @@ class StationAssembler:
                 continue
             v = values[i]
             r = p.reduce
-            if unit.seen_from is not None and r in ("start", "at") and undecidable(
+            if unit.seen_from is not None and r in ("start", "at") and resume.undecidable(
                     p, None, False, start_known=not unit.before_agent, started_at=unit.started_at,
                     seen_from=unit.seen_from):
                 continue  # its moment was not seen: never take a later value for it
@@ -361,7 +361,7 @@ class StationAssembler:
                                "low": p.limits.low if p.limits else None,
                                "high": p.limits.high if p.limits else None, "spec": p.spec}
         missing = value is None or (p.reduce != "cycle_time" and ps.count == 0)
-        partial = None if unit.seen_from is None else undecidable(
+        partial = None if unit.seen_from is None else resume.undecidable(
             p, value, ps.breached is not None, start_known=not unit.before_agent, started_at=unit.started_at,
             seen_from=unit.seen_from)
         if unit.lost:
@@ -427,18 +427,16 @@ class CaptureEngine:
         latest is resolved at its first poll; any other (an older one, a station no longer configured)
         is closed `incomplete` now. `stopped_at`: the last committed reading per device."""
         stations = {s.cfg.name: s for group in self.by_device.values() for s in group}
-        latest = {body["station"]: body for body in opened if body.get("station") in stations}
+        pending, stale = resume.split_open_units(opened, stopped_at, set(stations))
         units: list[dict[str, Any]] = []
         events: list[Event] = []
-        for body in opened:
-            unit = OpenUnit.from_event(body, stopped_at.get(body.get("device")))
-            st = stations.get(unit.station)
-            if st is not None and latest[unit.station] is body:
-                st.pending = unit
-                continue
-            st = st or StationAssembler(_orphan(body), body.get("config_version", ""))
+        for unit, version in stale:
+            known = stations.get(unit.station)
+            st = StationAssembler(known.cfg if known else resume.orphan_station(unit), version)
             st.pending = unit
             st._resolve(None, now, units, events, "no longer the station's open unit")
+        for name, unit in pending.items():
+            stations[name].pending = unit
         return units, events
 
     def feed(self, batch: SampleBatch) -> tuple[list[dict[str, Any]], list[Event]]:
@@ -453,8 +451,3 @@ class CaptureEngine:
             events.extend(e)
         return units, events
 
-
-def _orphan(body: dict[str, Any]) -> StationCapture:
-    """A station no longer in the config, rebuilt from a `unit_started` body to close its unit."""
-    return StationCapture(name=body["station"], device=body.get("device") or "?", serial={"tag": "serial"},
-                          start={"tag": "start", "on": "change"})

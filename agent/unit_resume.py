@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from linetap.config.capture import Parameter, StationCapture, Trigger
+from linetap.config.capture import Parameter, SerialSource, StationCapture, Trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,31 @@ class OpenUnit:
                    lot=body.get("lot"), operator=body.get("operator"), started_at=started,
                    triggers=dict(body.get("triggers") or {}),
                    stopped_at=max(started, stopped_at or started))
+
+
+def split_open_units(opened: list[dict[str, Any]], stopped_at: dict[str, int | None], stations: set[str]
+                     ) -> tuple[dict[str, OpenUnit], list[tuple[OpenUnit, str]]]:
+    """`unit_started` bodies of open units (oldest first) -> each configured station's latest, to resolve
+    at its first poll, and the rest (older ones, stations no longer configured) with their config version,
+    to close now: a station has one unit in progress at a time."""
+    pending: dict[str, tuple[OpenUnit, str]] = {}
+    stale: list[tuple[OpenUnit, str]] = []
+    for body in opened:
+        unit = OpenUnit.from_event(body, stopped_at.get(body.get("device")))
+        item = (unit, body.get("config_version", ""))
+        if unit.station not in stations:
+            stale.append(item)
+            continue
+        if unit.station in pending:
+            stale.append(pending[unit.station])
+        pending[unit.station] = item
+    return {name: unit for name, (unit, _) in pending.items()}, stale
+
+
+def orphan_station(unit: OpenUnit) -> StationCapture:
+    """A station no longer in the config, rebuilt just enough to close its open unit."""
+    return StationCapture(name=unit.station, device=unit.device or "?", serial=SerialSource(tag="serial"),
+                          start=Trigger(tag="start", on="change"))
 
 
 def _level(trig: Trigger, value: Any) -> Any:
