@@ -66,6 +66,7 @@ def split_open_units(opened: list[dict[str, Any]], stopped_at: dict[str, int | N
         if unit.station in pending:
             stale.append(pending[unit.station])
         pending[unit.station] = item
+    stale.sort(key=lambda item: item[0].started_at)
     return {name: unit for name, (unit, _) in pending.items()}, stale
 
 
