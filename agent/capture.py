@@ -108,7 +108,7 @@ class StationAssembler:
             i = idx.get(tag)
             return i is not None and quality[i] != Quality.BAD
 
-        if self.pending is not None and not good(self.start.tag):
+        if self.pending is not None and all(quality[i] == Quality.BAD for i in idx.values()):
             self._resolve(None, ts, units, events, f"device {batch.device} unreachable: "
                           + next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data"))
         # A device that is gone ends the unit in progress: its data cannot be complete.

@@ -7,7 +7,7 @@ import pytest
 from test_capture import STATION, poll, run, station
 
 from linetap.agent.capture import CaptureEngine
-from linetap.agent.records import Event
+from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.agent.unit_resume import OpenUnit, undecidable
 from linetap.buffers import DuckDBBuffer
 from linetap.config.capture import Parameter
@@ -136,6 +136,14 @@ def test_device_unreachable_at_restart_closes_the_open_unit_once():
     assert u["reasons"] == ["agent restarted"] and u["serial"] == "SN-1"
     units, _ = run(st, [poll(4, True), poll(5, False)])
     assert units == [], "the same serial back mid-cycle is not recorded a second time"
+
+
+def test_a_batch_without_the_start_tag_does_not_resolve_the_open_unit():
+    st = resumed([poll(0, False), poll(1, True)], stopped_at_s=1.1)
+    only_temp = SampleBatch("plc1", ["temperature"], [181.0], [Quality.GOOD], [None], 2_000_000)
+    assert st.feed(only_temp) == ([], []) and st.pending is not None  # e.g. an OPC UA change notification
+    units, _ = run(st, [poll(2.5, True), poll(3, False)])
+    assert units[0]["interrupted"] == {"from": 1_100_000, "to": 2_500_000}
 
 
 @pytest.mark.parametrize(("at", "seen_from_s", "decided"), [("1.5s", 2.0, True), ("0.5s", 2.0, False)])
