@@ -7,6 +7,12 @@ cycle (a max above high, a min below low, a trace point outside) raises the non-
 once; the rest are judged when the unit ends. A unit whose data is missing ends `incomplete`
 with the reason, and that raises an event too: never a silent pass.
 
+Every unit is announced by a `unit_started` event when it starts (committed at once), so a unit
+the agent was stopped in (kill -9, power cut) is not lost: at the next start it is resumed if
+still in progress, else closed `incomplete` ("agent restarted"). A unit already under way at the
+agent's first poll is captured from there (`started_before_agent`). Which parameters of such a
+partly seen unit can still be judged: `unit_resume`.
+
 Times are microseconds since the epoch: the sample's source timestamp when the device gives
 one, else the agent's read time.
 """
@@ -21,6 +27,7 @@ from typing import Any
 import orjson
 import structlog
 
+from linetap.agent import unit_resume as resume
 from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
@@ -58,6 +65,10 @@ class _Unit:
     started_at: int
     params: list[_ParamState]
     incomplete: list[str] = field(default_factory=list)
+    seen_from: int | None = None  # first poll seen, when the agent missed the cycle's beginning
+    interrupted: dict[str, int] | None = None  # resumed after a restart: {"from", "to"} without data
+    before_agent: bool = False  # already under way at the agent's first poll: the start is unknown
+    lost: bool = False  # closed at a restart without any data (no longer in progress)
 
 
 class StationAssembler:
@@ -73,6 +84,9 @@ class StationAssembler:
         self._current: dict[str, Any] = {}
         self.unit: _Unit | None = None
         self.units_done = 0
+        self.pending: resume.OpenUnit | None = None  # a unit a previous agent left open, resolved at the first poll
+        self._first = True  # no good value of the start tag seen yet since the agent started
+        self._closed_serial: str | None = None  # a left-open unit closed at the restart: not opened again
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -94,6 +108,9 @@ class StationAssembler:
             i = idx.get(tag)
             return i is not None and quality[i] != Quality.BAD
 
+        if self.pending is not None and all(quality[i] == Quality.BAD for i in idx.values()):
+            self._resolve(None, ts, units, events, f"device {batch.device} unreachable: "
+                          + next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data"))
         # A device that is gone ends the unit in progress: its data cannot be complete.
         if self.unit is not None and all(quality[i] == Quality.BAD for i in idx.values()):
             reason = next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data")
@@ -106,6 +123,13 @@ class StationAssembler:
         for tag, i in idx.items():
             if quality[i] != Quality.BAD:
                 self._current[tag] = values[i]
+        if self._first and good(self.start.tag):
+            self._first = False
+            if self.pending is not None:
+                self._resolve(self._serial(), ts, units, events)
+            if self.unit is None and resume.in_progress_at_first_poll(self.cfg, self._current) \
+                    and (self._closed_serial is None or self._serial() != self._closed_serial):
+                self._open(ts, events, before_agent=True)
 
         if self.unit is not None and (fired_end or (self.end is None and fired_start)):
             self._feed_end_values(idx, values, quality, batch.reason, ts)
@@ -115,7 +139,7 @@ class StationAssembler:
             if ts - self.unit.started_at > self.cfg.timeout * 1e6:
                 self._close(ts, units, events, incomplete=f"unit did not end within {self.cfg.timeout:g}s")
         if fired_start and self.unit is None:
-            self._open(ts)
+            self._open(ts, events)
             self._feed_params(idx, values, quality, batch.reason, ts, events)
 
         for tag in (self.start.tag, self.end.tag if self.end else None):
@@ -140,7 +164,7 @@ class StationAssembler:
 
     # -- a unit's life --------------------------------------------------------------------
 
-    def _open(self, ts: int) -> None:
+    def _serial(self) -> str | None:
         cfg = self.cfg
         serial = self._current.get(cfg.serial.tag)
         if serial is not None and cfg.serial.format:
@@ -148,17 +172,48 @@ class StationAssembler:
                 serial = cfg.serial.format.format(serial)
             except (ValueError, TypeError) as exc:
                 log.warning("serial format failed", station=cfg.name, serial=serial, error=str(exc))
+        return None if serial is None else str(serial)
+
+    def _open(self, ts: int, events: list[Event], *, before_agent: bool = False) -> None:
+        cfg = self.cfg
+        serial = self._serial()
         operator = cfg.operator.value if cfg.operator and cfg.operator.value is not None else (
             self._current.get(cfg.operator.tag) if cfg.operator else None)
         self.unit = _Unit(
-            serial=None if serial is None else str(serial),
+            serial=serial,
             lot=self._current.get(cfg.lot) if cfg.lot else None,
             operator=operator,
             started_at=ts,
             params=[_ParamState(p) for p in cfg.parameters],
+            seen_from=ts if before_agent else None,
+            before_agent=before_agent,
         )
         if serial is None:
             self.unit.incomplete.append("serial number unknown at unit start")
+        triggers = {t.tag: self._current[t.tag] for t in (self.start, self.end)
+                    if t is not None and t.tag in self._current}
+        data = {"serial": serial, "lot": self.unit.lot, "operator": operator, "started_at": ts,
+                "triggers": triggers, "config_version": self.config_version}
+        if before_agent:
+            data["started_before_agent"] = True
+            log.info("unit already under way at the agent's start", station=cfg.name, serial=serial)
+        events.append(Event("unit_started", ts, cfg.device, cfg.name, data))
+
+    def _resolve(self, serial: str | None, ts: int, units: list, events: list, why: str | None = None) -> None:
+        """The unit a previous agent left open: resumed if it is still the unit in progress, else closed."""
+        p, self.pending = self.pending, None
+        self.unit = _Unit(serial=p.serial, lot=p.lot, operator=p.operator, started_at=p.started_at,
+                          params=[_ParamState(s) for s in self.cfg.parameters], seen_from=ts,
+                          interrupted={"from": p.stopped_at, "to": ts})
+        if why is None and resume.still_in_progress(self.cfg, p, self._current, serial):
+            log.warning("unit resumed after an agent restart", station=self.cfg.name, serial=p.serial,
+                        missed_s=(ts - p.stopped_at) / 1e6)
+            return
+        log.warning("unit left open by an agent restart closed as incomplete", station=self.cfg.name,
+                    serial=p.serial, seen_serial=serial, reason=why)
+        self.unit.lost = True
+        self._closed_serial = p.serial
+        self._close(ts, units, events, incomplete="agent restarted")
 
     def _feed_params(self, idx, values, quality, reasons, ts: int, events: list[Event]) -> None:
         unit = self.unit
@@ -175,6 +230,10 @@ class StationAssembler:
                 continue
             v = values[i]
             r = p.reduce
+            if unit.seen_from is not None and r in ("start", "at") and resume.undecidable(
+                    p, None, False, start_known=not unit.before_agent, started_at=unit.started_at,
+                    seen_from=unit.seen_from):
+                continue  # its moment was not seen: never take a later value for it
             if r == "start":
                 if ps.count == 0:
                     ps.value = v
@@ -253,6 +312,13 @@ class StationAssembler:
         else:
             verdict = "pass"
         reasons = unit.incomplete + [f"{p['name']}: {p['reason']}" for p in params if p["verdict"] == "incomplete"]
+        if unit.lost:
+            reasons = unit.incomplete
+        elif verdict == "incomplete" and unit.interrupted:
+            reasons.insert(0, "agent restarted mid-cycle: no data from {from} to {to}".format(**unit.interrupted))
+        elif verdict == "incomplete" and unit.before_agent:
+            reasons.insert(0, "unit started before the agent: its start was not seen")
+        ended = None if unit.lost else ts
         record = {
             "kind": "unit",
             "serial": unit.serial,
@@ -261,13 +327,17 @@ class StationAssembler:
             "device": self.cfg.device,
             "operator": unit.operator,
             "started_at": unit.started_at,
-            "ended_at": ts,
-            "cycle_time": (ts - unit.started_at) / 1e6,
+            "ended_at": ended,
+            "cycle_time": None if unit.lost or unit.before_agent else (ts - unit.started_at) / 1e6,
             "parameters": params,
             "verdict": verdict,
             "reasons": reasons,
             "config_version": self.config_version,
         }
+        if unit.interrupted:
+            record["interrupted"] = unit.interrupted
+        if unit.before_agent:
+            record["started_before_agent"] = True
         units.append(record)
         self.units_done += 1
         if verdict == "incomplete":
@@ -280,7 +350,7 @@ class StationAssembler:
         p = ps.spec
         value: Any = ps.value
         if p.reduce == "cycle_time":
-            value = (ts - unit.started_at) / 1e6
+            value = None if unit.before_agent else (ts - unit.started_at) / 1e6
         elif p.reduce == "mean":
             value = ps.total / ps.count if ps.count else None
         elif p.reduce == "true_duration":
@@ -291,8 +361,16 @@ class StationAssembler:
                                "low": p.limits.low if p.limits else None,
                                "high": p.limits.high if p.limits else None, "spec": p.spec}
         missing = value is None or (p.reduce != "cycle_time" and ps.count == 0)
-        if ps.reason and (missing or p.reduce in ("min", "max", "mean", "trace", "true_duration")):
+        partial = None if unit.seen_from is None else resume.undecidable(
+            p, value, ps.breached is not None, start_known=not unit.before_agent, started_at=unit.started_at,
+            seen_from=unit.seen_from)
+        if unit.lost:
+            out["value"] = None
+            out["verdict"], out["reason"] = "incomplete", "not seen: agent restarted"
+        elif ps.reason and (missing or p.reduce in ("min", "max", "mean", "trace", "true_duration")):
             out["verdict"], out["reason"] = "incomplete", ps.reason
+        elif partial:
+            out["verdict"], out["reason"] = "incomplete", partial
         elif missing:
             out["verdict"], out["reason"] = "incomplete", f"no value of {p.tag} during the unit"
         elif ps.breached is not None:
@@ -343,6 +421,24 @@ class CaptureEngine:
         for station in config.stations:
             self.by_device.setdefault(station.device, []).append(StationAssembler(station, version))
 
+    def restore(self, opened: list[dict[str, Any]], stopped_at: dict[str, int | None], now: int
+                ) -> tuple[list[dict[str, Any]], list[Event]]:
+        """Units a previous agent left open (their `unit_started` bodies, oldest first): each station's
+        latest is resolved at its first poll; any other (an older one, a station no longer configured)
+        is closed `incomplete` now. `stopped_at`: the last committed reading per device."""
+        stations = {s.cfg.name: s for group in self.by_device.values() for s in group}
+        pending, stale = resume.split_open_units(opened, stopped_at, set(stations))
+        units: list[dict[str, Any]] = []
+        events: list[Event] = []
+        for unit, version in stale:
+            known = stations.get(unit.station)
+            st = StationAssembler(known.cfg if known else resume.orphan_station(unit), version)
+            st.pending = unit
+            st._resolve(None, now, units, events, "no longer the station's open unit")
+        for name, unit in pending.items():
+            stations[name].pending = unit
+        return units, events
+
     def feed(self, batch: SampleBatch) -> tuple[list[dict[str, Any]], list[Event]]:
         stations = self.by_device.get(batch.device)
         if not stations:
@@ -354,3 +450,4 @@ class CaptureEngine:
             units.extend(u)
             events.extend(e)
         return units, events
+

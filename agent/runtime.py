@@ -98,6 +98,7 @@ class Agent:
                  broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
         self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)
         try:
+            await self._restore_open_units()
             async with asyncio.TaskGroup() as tg:
                 devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
                 house = tg.create_task(self._housekeeping(), name="housekeeping")
@@ -118,6 +119,18 @@ class Agent:
             await self._write_status_file()
             await self.buffer.close()
             log.info("agent stopped", agent=cfg.agent.id, samples=self.stats.samples_buffered)
+
+    async def _restore_open_units(self) -> None:
+        """Units a previous agent started and never closed (killed, power cut): resolved at the first polls."""
+        opened = await self.buffer.open_units()
+        if not opened:
+            return
+        stopped = {d: await self.buffer.last_reading(d) for d in {u.get("device") for u in opened} if d}
+        log.warning("units left open by the previous run", units=len(opened),
+                    serials=[u.get("serial") for u in opened])
+        units, events = self.capture.restore(opened, stopped, now_us())
+        if units or events:
+            self._put(_Captured(units, events))
 
     async def _grace(self, forwarder: asyncio.Task, seconds: float = 2.0) -> None:
         """Give the forwarder a moment to deliver what is committed (it resumes from the cursor anyway)."""

@@ -5,7 +5,9 @@ The buffer file (`buffer.path`) holds
 - `streams`: last seq of telemetry; `cursors`: one row per (sink, stream), the highest seq
   the sink has acknowledged; `meta`: the buffer's identity.
 Its records file (`<buffer.path>.records`, attached as `linetap_records`) holds
-- `units`, `events`: one row per record, with the hash chain; `streams`: their last seq and hash.
+- `units`, `events`: one row per record, with the hash chain; `streams`: their last seq and hash;
+  `open_units`: the `unit_started` events whose unit record is not written yet (a row is added
+  and removed in the transactions of that event and that record), read at the next start.
 A `streams` row is updated in the same transaction as its append, so seq never repeats, even
 after retention deleted every row.
 
@@ -69,6 +71,8 @@ CREATE TABLE IF NOT EXISTS {RECORDS_DB}.units (seq BIGINT NOT NULL, id VARCHAR N
                                   body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS {RECORDS_DB}.events (seq BIGINT NOT NULL, id VARCHAR NOT NULL, recorded_at BIGINT NOT NULL,
                                    body VARCHAR NOT NULL, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS {RECORDS_DB}.open_units (station VARCHAR NOT NULL, started_at BIGINT NOT NULL,
+                                       seq BIGINT NOT NULL, body VARCHAR NOT NULL);
 """
 # DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
 log = structlog.get_logger("linetap.buffer")
@@ -374,6 +378,7 @@ class DuckDBBuffer:
                 _insert_arrow(con, f"{RECORDS_DB}.{stream}", pa.table(list(zip(*rows, strict=True)), names=_RECORD_COLUMNS))
                 con.execute(f"UPDATE {RECORDS_DB}.streams SET last_seq = ?, last_hash = ? WHERE stream = ?",
                             [held[-1].seq, held[-1].hash, stream])
+            _track_open_units(con, self._held["events"], self._held["units"])
             con.execute("COMMIT")
         except BaseException as exc:
             _rollback(con)
@@ -409,6 +414,19 @@ class DuckDBBuffer:
         if table.num_rows:
             self._handed_out = max(self._handed_out, table.column("seq")[-1].as_py())
         return table
+
+    def open_units(self) -> list[dict[str, Any]]:
+        """Bodies of the `unit_started` events that have no unit record yet, oldest first."""
+        with self._records_lock:
+            rows = self._records.execute(f"SELECT body FROM {RECORDS_DB}.open_units ORDER BY seq").fetchall()
+        return [orjson.loads(b) for (b,) in rows]
+
+    def last_reading(self, device: str, tail: int = 200_000) -> int | None:
+        """When the newest committed sample of `device` among the last `tail` was taken (source time
+        when the device gives one, else agent time), us since the epoch; None if none there."""
+        return self._con.execute(
+            "SELECT max(coalesce(source_ts, agent_ts)) FROM telemetry WHERE seq > ? AND device = ?",
+            [self._last["telemetry"][0] - tail, device]).fetchall()[0][0]
 
     def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
         _check_record_stream(stream)
@@ -651,6 +669,18 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, table_name: str, batch: pa.Tab
         con.unregister("_linetap_batch")
 
 
+def _track_open_units(con, events: list[StoredRecord], units: list[StoredRecord]) -> None:
+    """In the append's transaction: a `unit_started` event opens a unit, its unit record closes it."""
+    for rec in events:
+        if rec.body.get("kind") == "unit_started":
+            con.execute(f"INSERT INTO {RECORDS_DB}.open_units VALUES (?, ?, ?, ?)",
+                        [rec.body["station"], rec.body["started_at"], rec.seq, orjson.dumps(rec.body).decode()])
+    for rec in units:
+        if rec.body.get("station") is not None and rec.body.get("started_at") is not None:
+            con.execute(f"DELETE FROM {RECORDS_DB}.open_units WHERE station = ? AND started_at = ?",
+                        [rec.body["station"], rec.body["started_at"]]).fetchall()
+
+
 def _check_record_stream(stream: str) -> None:
     if stream not in RECORD_STREAMS:
         raise ValueError(f"unknown record stream {stream!r} (expected one of {RECORD_STREAMS})")
@@ -705,6 +735,12 @@ class AsyncBuffer:
 
     async def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
         return await self._call(self._buffer.read_telemetry, after_seq, limit)
+
+    async def open_units(self) -> list[dict[str, Any]]:
+        return await self._call_records(self._buffer.open_units)
+
+    async def last_reading(self, device: str) -> int | None:
+        return await self._call(self._buffer.last_reading, device)
 
     async def read_records(self, stream: str, after_seq: int, limit: int) -> list[StoredRecord]:
         return await self._call_records(self._buffer.read_records, stream, after_seq, limit)

@@ -45,12 +45,13 @@ def station(**overrides) -> StationAssembler:
     return StationAssembler(StationCapture.model_validate({**STATION, **overrides}), "sha256:test")
 
 
-def run(st: StationAssembler, polls: list[SampleBatch]):
+def run(st: StationAssembler, polls: list[SampleBatch], *, started: bool = False):
+    """Feed the polls; the unit records and events (`unit_started` events only if `started`)."""
     units, events = [], []
     for b in polls:
         u, e = st.feed(b)
         units.extend(u)
-        events.extend(e)
+        events.extend(x for x in e if started or x.kind != "unit_started")
     return units, events
 
 
@@ -133,7 +134,9 @@ def test_serial_change_trigger_ends_one_unit_and_starts_the_next():
     st = station(start={"tag": "serial", "on": "change"}, parameters=[{"name": "c", "reduce": "cycle_time"}])
     units, _ = run(st, [poll(0, True, serial="A"), poll(1, True, serial="B"), poll(3, True, serial="C"),
                         poll(4, True, serial="D")])
-    assert [(u["serial"], u["cycle_time"]) for u in units] == [("B", 2.0), ("C", 1.0)]
+    # A is under way at the first poll (a change start: a unit is always in progress): recorded too
+    assert [(u["serial"], u["cycle_time"]) for u in units] == [("A", None), ("B", 2.0), ("C", 1.0)]
+    assert units[0]["started_before_agent"] and "started_before_agent" not in units[1]
 
 
 def test_bad_quality_of_one_parameter_makes_it_incomplete_not_pass():
