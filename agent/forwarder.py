@@ -191,7 +191,7 @@ class MQTTForwarder:
                         log.debug("mqtt connect failed", broker=self.stats.broker, error=self.stats.last_error,
                                   retry_in=round(delay, 2))
                     await self._flush_cursors(force=True)
-                    await asyncio.sleep(delay)
+                    await backoff.wait(delay)
                     continue
                 connections += 1
                 if connections > 1:
@@ -212,7 +212,7 @@ class MQTTForwarder:
                 retrying = True  # loud once: the attempts that follow log at debug level
                 await self._teardown()
                 await self._flush_cursors(force=True)
-                await asyncio.sleep(backoff.next())
+                await backoff.wait()
         except asyncio.CancelledError:
             await self._shutdown()
             raise

@@ -152,7 +152,7 @@ class Agent:
                 await self._produce(SampleBatch.all_bad(name, driver.tag_names, reason))
             else:
                 log.debug("device still unreachable", device=name, reason=reason)
-            await asyncio.sleep(backoff.next())
+            await backoff.wait()
 
     async def _set_state(self, device_cfg, status: DeviceStatus, state: str, event_state: str, reason: str | None):
         status.state, status.since, status.reason = state, now_us(), reason
