@@ -52,7 +52,8 @@ RECORD_STREAMS = ("events", "units")
 CURSOR_FLUSH_INTERVAL = 0.1  # s: cursors are written at most this often while messages are in flight
 IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
 CONNECT_TIMEOUT = 10.0  # s: TCP + TLS + CONNACK
-SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs
+SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs (and the `offline` status's)
+SHUTDOWN_DISCONNECT = 2.0  # s: on stop, how long to wait for the DISCONNECT to be written
 
 
 @dataclass
@@ -478,12 +479,27 @@ class MQTTForwarder:
                            and time.monotonic() < deadline):
                         self._wake.clear()
                         await self._sleep(deadline - time.monotonic())
-                    client.disconnect()  # a clean DISCONNECT: the broker discards the last will
+                    await self._disconnect_cleanly(client)
             await self._flush_cursors(force=True)
         finally:
             await self._teardown()
             log.info("mqtt forwarder stopped", broker=self.stats.broker, cursors=dict(self._stored),
                      unacknowledged=self._unacked)
+
+    async def _disconnect_cleanly(self, client: mqtt.Client) -> None:
+        """A DISCONNECT on the wire before the socket closes, so the broker discards the last will.
+
+        paho's `disconnect()` only queues the packet for its network thread; closing the socket
+        right after (as `_teardown` does) races it, and a lost race makes the broker publish the
+        will (`offline` stamped with the connect time) over the `offline` just sent. paho calls
+        `on_disconnect` once the packet is written: wait for that, bounded."""
+        rc = client.disconnect()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._lost is None:
+            return
+        done, _ = await asyncio.wait({self._lost}, timeout=SHUTDOWN_DISCONNECT)
+        if not done:
+            log.warning("mqtt DISCONNECT not sent in time; the broker may publish the last will",
+                        broker=self.stats.broker, waited=f"{SHUTDOWN_DISCONNECT:g}s")
 
 
 def _close_quietly(client: mqtt.Client) -> None:
