@@ -151,6 +151,7 @@ class Agent:
                 await self._set_state(device_cfg, status, "lost", "lost", reason)
                 await self._produce(SampleBatch.all_bad(name, driver.tag_names, reason))
             else:
+                status.reason = reason  # the status file shows why the latest retry failed
                 log.debug("device still unreachable", device=name, reason=reason)
             await backoff.wait()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,15 +20,25 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from agent_helpers import line_config, modbus_device, payloads, start_simulator_process
+from agent_helpers import (
+    line_config,
+    modbus_device,
+    payloads,
+    running_agent,
+    start_simulator_process,
+    telemetry_samples,
+)
 from fixtures_broker import MQTTCapture, free_port
+from fixtures_opcua import make_driver
 
 from linetap.agent import backoff as backoff_module
 from linetap.agent.backoff import Backoff
 from linetap.agent.payload import Topics
 from linetap.agent.runtime import Agent
 from linetap.config.loader import load_config
-from linetap.simulators import ModbusStationServer, StationModel
+from linetap.drivers import DeviceUnreachable
+from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.simulators import STATION_TAGS, ModbusStationServer, StationModel
 
 DAY = 86_400.0
 ROOT = Path(__file__).parents[1]
@@ -210,3 +221,144 @@ def test_kill_9_leaves_the_last_will_as_the_retained_status(tmp_path, broker):
     # the will: built when the agent connected, so stamped before the kill
     assert online["ts"] - 1_000_000 <= docs[0]["ts"] < kill_us
     assert _retained(broker, topic) == docs[0]
+
+
+# -- loss reasons: what happened to the socket, in words --------------------------------------------------
+
+def _start_opcua_simulator() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "linetap.agent.cli", "simulate", "opcua", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if m := re.search(r"opc\.tcp://[\w.]+:(\d+)", line):
+            return proc, f"opc.tcp://127.0.0.1:{m.group(1)}/linetap/"
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("the OPC UA simulator did not report its endpoint")
+
+
+def _modbus_driver(port: int) -> ModbusDriver:
+    return ModbusDriver(ModbusDeviceConfig(protocol="modbus", name="heat-sealer-1", host="127.0.0.1", port=port,
+                                           tags=STATION_TAGS, addressing="zero_based", timeout=2.0))
+
+
+async def test_modbus_plc_killed_mid_request_is_connection_reset_then_refused():
+    sim, port = start_simulator_process()
+    driver = _modbus_driver(port)
+    try:
+        await driver.connect()
+        await driver.read()
+        sim.send_signal(signal.SIGSTOP)  # the request below stays unread in the PLC's socket
+        read = asyncio.create_task(driver.read())
+        await asyncio.sleep(0.3)
+        sim.kill()  # unread data: the kernel answers with a reset
+        sim.wait(10)
+        started = time.monotonic()
+        with pytest.raises(DeviceUnreachable) as lost:
+            await read
+        assert time.monotonic() - started < 1.0, "the loss is reported at once, not after the 2 s timeout"
+        assert "lost: connection reset by peer while waiting for holding" in str(lost.value)
+        with pytest.raises(DeviceUnreachable, match=rf"cannot connect to 127.0.0.1:{port}.*: connection refused"):
+            await driver.connect()
+    finally:
+        await driver.close()
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+
+
+async def test_opcua_server_killed_is_closed_or_reset_then_refused():
+    for mode in ("subscribe", "poll"):
+        sim, endpoint = _start_opcua_simulator()
+        driver = make_driver(endpoint, mode=mode, timeout=2.0)
+        try:
+            await driver.connect()
+            samples = driver.samples().__aiter__()
+            await samples.__anext__()
+            sim.kill()
+            sim.wait(10)
+            with pytest.raises(DeviceUnreachable) as lost:
+                async with asyncio.timeout(10):
+                    while True:
+                        await samples.__anext__()
+            assert re.search(r"lost: connection (closed by the server|reset by peer)$", str(lost.value)), \
+                (mode, str(lost.value))
+            with pytest.raises(DeviceUnreachable, match=r": connection refused"):
+                await driver.connect()
+        finally:
+            await driver.close()
+            if sim.poll() is None:
+                sim.kill()
+                sim.wait()
+
+
+async def test_opcua_server_frozen_is_timed_out():
+    sim, endpoint = _start_opcua_simulator()
+    driver = make_driver(endpoint, mode="poll", timeout=1.0)
+    try:
+        await driver.connect()
+        await driver.read()
+        sim.send_signal(signal.SIGSTOP)
+        with pytest.raises(DeviceUnreachable, match=r"lost: timed out after 1s"):
+            await driver.read()
+        with pytest.raises(DeviceUnreachable, match=r": timed out after 1s"):
+            await driver.connect()
+    finally:
+        await driver.close()
+        sim.kill()
+        sim.wait()
+
+
+def _device_states(msgs) -> list[dict]:
+    return [p["body"] for p in payloads(msgs, "/events") if p["body"]["kind"] == "device_state"]
+
+
+@pytest.mark.timeout(120)
+async def test_agent_events_say_what_happened_to_the_plc_and_the_broker(tmp_path, broker, capture):
+    sim, plc_port = start_simulator_process()
+    closed_port = free_port()
+    cfg = line_config(tmp_path, broker, [modbus_device(plc_port, name="heat-sealer-1", poll_interval="50ms"),
+                                         modbus_device(closed_port, name="heat-sealer-2", poll_interval="50ms")],
+                      buffer={"path": str(tmp_path / "heat-sealer-buffer.duckdb")})
+    try:
+        async with running_agent(cfg) as agent:
+            msgs = await capture.until(lambda m: any(
+                s["device"] == "heat-sealer-1" and s["state"] == "connected" for s in _device_states(m)), timeout=20)
+            sim.kill()
+            sim.wait(10)
+            msgs = await capture.until(lambda m: any(
+                s["device"] == "heat-sealer-1" and s["state"] == "lost" for s in _device_states(m)) and any(
+                s["device"] == "heat-sealer-1" and s["quality"] == "bad" for s in telemetry_samples(m)), timeout=20)
+            await asyncio.sleep(0.5)  # a retry or two against the dead PLC
+            plc = agent.stats.devices["heat-sealer-1"]
+            assert plc.state == "lost" and "connection refused" in plc.reason, plc.reason
+
+            # the broker killed: the forwarder's loss says how, and the retries say refused
+            broker.proc.kill()
+            broker.proc.wait()
+            fwd = agent.forwarder.stats
+            deadline = time.monotonic() + 10
+            while fwd.connected or fwd.last_error is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            loss = fwd.last_error
+            while fwd.last_error == loss and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            retry = fwd.last_error
+        broker.proc = None
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+    states = _device_states(msgs)
+    lost = next(s for s in states if s["device"] == "heat-sealer-1" and s["state"] == "lost")
+    assert re.search(r"lost: connection (closed by the device|reset by peer)", lost["reason"]), lost
+    assert "not connected" not in lost["reason"]
+    never = next(s for s in states if s["device"] == "heat-sealer-2" and s["state"] == "lost")
+    assert re.search(rf"cannot connect to 127.0.0.1:{closed_port} .*: connection refused", never["reason"]), never
+    bad = [s for s in telemetry_samples(msgs) if s["device"] == "heat-sealer-1" and s["quality"] == "bad"]
+    assert bad and all(s["reason"] == lost["reason"] for s in bad)
+    assert loss in ("connection closed by the broker", "connection reset by peer"), loss
+    assert retry == "connection refused", retry
