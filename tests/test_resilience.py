@@ -11,6 +11,7 @@ import asyncio
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from agent_helpers import (
     start_simulator_process,
     telemetry_samples,
 )
-from fixtures_broker import MQTTCapture, free_port
+from fixtures_broker import Broker, MQTTCapture
 from fixtures_opcua import make_driver
 
 from linetap.agent import backoff as backoff_module
@@ -86,12 +87,43 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
+def _free_port_below_ephemeral() -> int:
+    """A free port below the kernel's ephemeral range. Thousands of connects to a closed port
+    inside that range end, sooner or later, in a TCP self-connect (source port == destination
+    port) that then holds the port the server wants to bind. Real servers (502, 4840, 1883)
+    are below the range, so that is where this test puts them."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+@pytest.fixture
+def quiet_broker(tmp_path_factory):
+    """A private broker on a port below the ephemeral range, not started."""
+    b = Broker(tmp_path_factory.mktemp("broker"), port=_free_port_below_ephemeral())
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
 @pytest.mark.timeout(300)
-async def test_days_of_device_and_broker_outage_then_both_reconnect(tmp_path, broker, monkeypatch):
+async def test_days_of_device_and_broker_outage_then_both_reconnect(tmp_path, quiet_broker, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(backoff_module, "sleep", clock.sleep)
-    broker.stop()  # the port stays ours: nothing listens there until broker.start()
-    plc_port = free_port()
+    broker = quiet_broker  # nothing listens on its port until broker.start()
+    plc_port = _free_port_below_ephemeral()
     folder = tmp_path / "line 3 heat sealer"
     folder.mkdir()
     cfg = line_config(folder, broker, [modbus_device(plc_port, name="heat-sealer-1", poll_interval="50ms")],
@@ -318,7 +350,7 @@ def _device_states(msgs) -> list[dict]:
 @pytest.mark.timeout(120)
 async def test_agent_events_say_what_happened_to_the_plc_and_the_broker(tmp_path, broker, capture):
     sim, plc_port = start_simulator_process()
-    closed_port = free_port()
+    closed_port = _free_port_below_ephemeral()
     cfg = line_config(tmp_path, broker, [modbus_device(plc_port, name="heat-sealer-1", poll_interval="50ms"),
                                          modbus_device(closed_port, name="heat-sealer-2", poll_interval="50ms")],
                       buffer={"path": str(tmp_path / "heat-sealer-buffer.duckdb")})
