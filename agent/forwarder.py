@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections import deque
@@ -46,6 +47,7 @@ from linetap.agent.payload import (
 )
 from linetap.agent.records import StoredRecord, now_us
 from linetap.buffers import BufferWriteFailed
+from linetap.drivers.base import describe_os_error
 
 log = structlog.get_logger("linetap.forwarder")
 
@@ -53,7 +55,8 @@ RECORD_STREAMS = ("events", "units")
 CURSOR_FLUSH_INTERVAL = 0.1  # s: cursors are written at most this often while messages are in flight
 IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
 CONNECT_TIMEOUT = 10.0  # s: TCP + TLS + CONNACK
-SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs
+SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs (and the `offline` status's)
+SHUTDOWN_DISCONNECT = 2.0  # s: on stop, how long to wait for the DISCONNECT to be written
 
 
 @dataclass
@@ -85,6 +88,23 @@ class _Out:
 
 class _ConnectionLost(Exception):
     pass
+
+
+class _SocketErrors:
+    """Stands in for paho's logger (`client.logger`): paho logs the OSError of a failed socket
+    read or write and then reports only "connection lost"; keep the error for the loss reason.
+    One method call per paho log line, no formatting."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.ERROR:
+            for arg in args:
+                if isinstance(arg, OSError):
+                    self.error = arg
 
 
 class MQTTForwarder:
@@ -192,7 +212,7 @@ class MQTTForwarder:
                         log.debug("mqtt connect failed", broker=self.stats.broker, error=self.stats.last_error,
                                   retry_in=round(delay, 2))
                     await self._flush_cursors(force=True)
-                    await asyncio.sleep(delay)
+                    await backoff.wait(delay)
                     continue
                 connections += 1
                 if connections > 1:
@@ -213,7 +233,7 @@ class MQTTForwarder:
                 retrying = True  # loud once: the attempts that follow log at debug level
                 await self._teardown()
                 await self._flush_cursors(force=True)
-                await asyncio.sleep(backoff.next())
+                await backoff.wait()
         except asyncio.CancelledError:
             await self._shutdown()
             raise
@@ -249,10 +269,13 @@ class MQTTForwarder:
             if t.insecure:
                 client.tls_insecure_set(True)
         client.will_set(self.topics.status, encode_status(self.agent, "offline", now_us()), qos=1, retain=True)
+        socket_errors = _SocketErrors()
+        client.logger = socket_errors
 
         loop = self._loop
         client.on_connect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(self._on_connack, c, rc)
-        client.on_disconnect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(self._on_disconnect, c, rc)
+        client.on_disconnect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(
+            self._on_disconnect, c, self._loss_reason(flags, rc, socket_errors.error))
         client.on_publish = self._on_publish_thread
         return client
 
@@ -278,11 +301,11 @@ class MQTTForwarder:
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._connack not in done:
             if self._lost.done():
-                raise _ConnectionLost(f"connection closed before CONNACK ({self._lost.result()})")
-            raise TimeoutError("no CONNACK from the broker")
+                raise _ConnectionLost(f"{self._lost.result()} before CONNACK")
+            raise _ConnectionLost(f"no CONNACK from the broker within {CONNECT_TIMEOUT:g}s")
         rc = self._connack.result()
         if rc.is_failure:
-            raise _ConnectionLost(f"broker refused the connection: {rc}")
+            raise _ConnectionLost(f"broker refused the connection: {_reason_words(rc)}")
         # online, retained; then the messages the previous connection left unacknowledged, in
         # stream priority and seq order, then new ones
         self._status_mid = None
@@ -294,10 +317,25 @@ class MQTTForwarder:
         if client is self._client and self._connack is not None and not self._connack.done():
             self._connack.set_result(rc)
 
-    def _on_disconnect(self, client: mqtt.Client, rc) -> None:
+    def _on_disconnect(self, client: mqtt.Client, reason: str) -> None:
         if client is self._client and self._lost is not None and not self._lost.done():
-            self._lost.set_result(rc)
+            self._lost.set_result(reason)
             self._wake.set()
+
+    def _loss_reason(self, flags, rc, socket_error: OSError | None) -> str:
+        """Why paho's connection ended, in words (paho's network thread)."""
+        name = getattr(rc, "getName", lambda: str(rc))()
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            return f"the broker disconnected the agent: {_reason_words(rc)}"
+        if name == "Keep alive timeout":
+            return f"no answer from the broker within the keepalive ({self.mqtt.keepalive:g}s)"
+        if name == "Success":
+            return "disconnected by the agent"
+        if socket_error is not None:
+            return describe_os_error(socket_error, peer="broker")
+        if name == "Unspecified error":  # paho's word for a connection lost without a socket error
+            return "connection closed by the broker"
+        return _reason_words(rc)
 
     def _on_publish_thread(self, client, userdata, mid, rc, properties) -> None:
         # paho's network thread: hand over, one loop wake-up per burst of acks
@@ -378,7 +416,7 @@ class MQTTForwarder:
 
     def _raise_if_lost(self) -> None:
         if self._lost is not None and self._lost.done():
-            raise _ConnectionLost(f"disconnected: {self._lost.result()}")
+            raise _ConnectionLost(str(self._lost.result()))
 
     async def _fill(self) -> None:
         """Take messages from the buffer while the window has room: events, units, telemetry."""
@@ -444,9 +482,10 @@ class MQTTForwarder:
     def _check_rc(self, rc: int, what: str) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # NO_CONN and friends: the connection is gone; the message stays ours and is re-sent
+            words = mqtt.error_string(rc).rstrip(".")
             if self._lost is not None and not self._lost.done():
-                self._lost.set_result(mqtt.error_string(rc))
-            raise _ConnectionLost(f"publish {what}: {mqtt.error_string(rc)}")
+                self._lost.set_result(f"publish failed: {words}")
+            raise _ConnectionLost(f"publish {what}: {words}")
 
     async def _flush_cursors(self, force: bool = False) -> None:
         """Store the cursors: at most every CURSOR_FLUSH_INTERVAL, or at once when nothing is in flight."""
@@ -483,12 +522,27 @@ class MQTTForwarder:
                            and time.monotonic() < deadline):
                         self._wake.clear()
                         await self._sleep(deadline - time.monotonic())
-                    client.disconnect()  # a clean DISCONNECT: the broker discards the last will
+                    await self._disconnect_cleanly(client)
             await self._flush_cursors(force=True)
         finally:
             await self._teardown()
             log.info("mqtt forwarder stopped", broker=self.stats.broker, cursors=dict(self._stored),
                      unacknowledged=self._unacked)
+
+    async def _disconnect_cleanly(self, client: mqtt.Client) -> None:
+        """A DISCONNECT on the wire before the socket closes, so the broker discards the last will.
+
+        paho's `disconnect()` only queues the packet for its network thread; closing the socket
+        right after (as `_teardown` does) races it, and a lost race makes the broker publish the
+        will (`offline` stamped with the connect time) over the `offline` just sent. paho calls
+        `on_disconnect` once the packet is written: wait for that, bounded."""
+        rc = client.disconnect()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._lost is None:
+            return
+        done, _ = await asyncio.wait({self._lost}, timeout=SHUTDOWN_DISCONNECT)
+        if not done:
+            log.warning("mqtt DISCONNECT not sent in time; the broker may publish the last will",
+                        broker=self.stats.broker, waited=f"{SHUTDOWN_DISCONNECT:g}s")
 
 
 def _close_quietly(client: mqtt.Client) -> None:
@@ -500,6 +554,18 @@ def _close_quietly(client: mqtt.Client) -> None:
             sock.close()
 
 
+def _reason_words(rc: Any) -> str:
+    """A paho ReasonCode (MQTT 5, or 3.1.1 CONNACK codes mapped to it) as the broker's words."""
+    name = getattr(rc, "getName", None)
+    text = name() if name is not None else str(rc)
+    value = getattr(rc, "value", None)
+    return f"{text[:1].lower()}{text[1:]} (reason code {value})" if value is not None else text
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, _ConnectionLost) else f"{type(exc).__name__}: {text}"
+    if isinstance(exc, _ConnectionLost):
+        return str(exc) or "connection lost"
+    if isinstance(exc, OSError | TimeoutError):
+        return describe_os_error(exc, CONNECT_TIMEOUT, peer="broker")
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

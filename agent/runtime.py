@@ -172,8 +172,9 @@ class Agent:
                 await self._set_state(device_cfg, status, "lost", "lost", reason)
                 await self._produce(SampleBatch.all_bad(name, driver.tag_names, reason))
             else:
+                status.reason = reason  # the status file shows why the latest retry failed
                 log.debug("device still unreachable", device=name, reason=reason)
-            await asyncio.sleep(backoff.next())
+            await backoff.wait()
 
     async def _set_state(self, device_cfg, status: DeviceStatus, state: str, event_state: str, reason: str | None):
         status.state, status.since, status.reason = state, now_us(), reason

@@ -7,6 +7,9 @@ all protocols. A driver raises only `DriverError` subclasses, never a library ex
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -28,6 +31,47 @@ class DeviceUnreachable(DriverError):
 
 class DeviceConfigError(DriverError):
     """The device answered, but the tag map does not fit it (e.g. illegal address at start-up)."""
+
+
+# What a socket error means, in the words an engineer searches for (strerror is OS-specific).
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset by peer",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection closed by the peer (broken pipe)",
+    errno.ETIMEDOUT: "timed out (no answer from the host)",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTDOWN: "host is down",
+    errno.ENETDOWN: "network is down",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def describe_os_error(err: BaseException | None, timeout: float | None = None, *, peer: str = "device") -> str:
+    """What happened to a connection, in words: `connection refused`, `connection reset by peer`,
+    `timed out after 2s`, `host unreachable`, ... `err` None: the peer closed the connection."""
+    if err is None:
+        return f"connection closed by the {peer}"
+    if isinstance(err, TimeoutError | asyncio.TimeoutError | socket.timeout) and err.errno != errno.ETIMEDOUT:
+        return f"timed out after {timeout:g}s" if timeout else "timed out"
+    if isinstance(err, socket.gaierror):
+        return f"host name not found ({err.strerror or err})"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {err.verify_message or err.reason}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake failed: {err.reason or err}"
+    if isinstance(err, OSError):
+        if err.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[err.errno]
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, ConnectionResetError):
+            return "connection reset by peer"
+        if err.strerror:
+            return err.strerror[:1].lower() + err.strerror[1:]
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class Driver(ABC):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from linetap.agent.records import Quality, SampleBatch, now_us
 from linetap.config.units import Duration
 
-from .base import DeviceUnreachable, PollingDriver
+from .base import DeviceUnreachable, PollingDriver, describe_os_error
 
 log = structlog.get_logger("linetap.drivers.modbus")
 
@@ -422,6 +421,7 @@ class ModbusDriver(PollingDriver):
         self._good = [Quality.GOOD] * len(names)
         self._client: AsyncModbusTcpClient | None = None
         self._connect_error: BaseException | None = None
+        self._lost_cause: str | None = None  # what ended the connection, as pymodbus saw it
         self._failures: dict[tuple[str, int, int], str] = {}  # block -> failure kind being reported
         self._silent_polls = 0
         self._where = f"{config.host}:{config.port}"
@@ -440,40 +440,53 @@ class ModbusDriver(PollingDriver):
             cfg.host, port=cfg.port, timeout=cfg.timeout + 1.0, retries=0, reconnect_delay=0,
             name=f"linetap-{cfg.name}",
         )
-        self._capture_connect_errors(client)
+        self._capture_errors(client)
         self._connect_error = None
+        self._lost_cause = None
         try:
             async with asyncio.timeout(cfg.timeout):  # not wait_for: it can swallow a cancel on 3.11
                 ok = await client.connect()
         except TimeoutError:
             ok = False
-            self._connect_error = TimeoutError(f"no answer within {cfg.timeout:g}s")
+            self._connect_error = TimeoutError()
         except Exception as err:  # never let a library exception escape
             ok = False
             self._connect_error = err
         if not ok:
             _safe_close(client)
             raise DeviceUnreachable(f"cannot connect to {self._where} (device {cfg.name}): "
-                                    f"{_describe_os_error(self._connect_error)}")
+                                    f"{_describe_os_error(self._connect_error, cfg.timeout)}")
         self._client = client
         self._silent_polls = 0
         log.info("modbus connected", device=cfg.name, endpoint=self._where, requests_per_poll=len(self.blocks))
 
-    def _capture_connect_errors(self, client: AsyncModbusTcpClient) -> None:
-        """pymodbus logs and swallows the OSError of a failed connect; keep it for our message."""
+    def _capture_errors(self, client: AsyncModbusTcpClient) -> None:
+        """pymodbus logs and swallows the OSError of a failed connect, and reports a lost connection
+        only as `connected == False` (a request in flight just waits for its timeout). Keep both
+        causes for our messages, and fail the request in flight at once with the cause."""
         ctx = getattr(client, "ctx", None)
         create = getattr(ctx, "call_create", None)
-        if create is None:
-            return
+        if create is not None:
+            async def call_create():
+                try:
+                    return await create()
+                except BaseException as err:
+                    self._connect_error = err
+                    raise
 
-        async def call_create():
-            try:
-                return await create()
-            except BaseException as err:
-                self._connect_error = err
-                raise
+            ctx.call_create = call_create
+        disconnected = getattr(ctx, "callback_disconnected", None)
+        if disconnected is not None:
+            def callback_disconnected(exc: Exception | None) -> None:
+                # pymodbus calls this for losses it did not cause itself (not for our close())
+                if self._client is client:
+                    self._lost_cause = describe_os_error(exc)
+                    future = getattr(ctx, "response_future", None)
+                    if future is not None and not future.done():
+                        future.set_exception(_Disconnected(self._lost_cause))
+                return disconnected(exc)
 
-        ctx.call_create = call_create
+            ctx.callback_disconnected = callback_disconnected
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -491,7 +504,7 @@ class ModbusDriver(PollingDriver):
     async def read(self) -> SampleBatch:
         client = self._client
         if client is None or not client.connected:
-            raise self._lost("not connected")
+            raise self._lost(self._lost_cause or "not connected")
         agent_ts = now_us()
         n = len(self._names)
         values: list[Any] = [None] * n
@@ -521,7 +534,8 @@ class ModbusDriver(PollingDriver):
                 if failure.kind == "timeout":
                     timeouts_in_row += 1
                     if not client.connected:
-                        raise self._lost(f"closed while waiting for {block.describe()}") from None
+                        raise self._lost(f"{self._lost_cause or 'connection closed'} "
+                                         f"while waiting for {block.describe()}") from None
                     if timeouts_in_row >= self.skip_after_timeouts:
                         skip_reason = f"not read: device not responding ({failure.reason})"
                 else:
@@ -586,17 +600,19 @@ class ModbusDriver(PollingDriver):
             async with asyncio.timeout(cfg.timeout):
                 response = await call
         except TimeoutError:
-            raise _BlockFailure("timeout", f"timeout after {cfg.timeout:g}s") from None
+            raise _BlockFailure("timeout", f"timed out after {cfg.timeout:g}s") from None
+        except _Disconnected as err:
+            raise self._lost(f"{err} while waiting for {block.describe()}") from None
         except ConnectionException as err:
-            raise self._lost(f"{err}") from None
+            raise self._lost(self._lost_cause or f"{err}") from None
         except ModbusIOException as err:
             if not client.connected:
-                raise self._lost(str(err)) from None
+                raise self._lost(self._lost_cause or str(err)) from None
             raise _BlockFailure("malformed", f"bad response: {err}") from None
         except (ModbusException, ValueError, struct.error) as err:
             raise _BlockFailure("malformed", f"bad response: {err}") from None
         except OSError as err:
-            raise self._lost(_describe_os_error(err)) from None
+            raise self._lost(_describe_os_error(err, cfg.timeout)) from None
         if response is None:
             raise _BlockFailure("malformed", "no response object")
         if response.isError():
@@ -667,15 +683,14 @@ def _safe_close(client: AsyncModbusTcpClient) -> None:
         log.debug("modbus close failed", error=repr(err))
 
 
-def _describe_os_error(err: BaseException | None) -> str:
+def _describe_os_error(err: BaseException | None, timeout: float | None = None) -> str:
     if err is None:
         return "connection refused or host unreachable"
-    if isinstance(err, ConnectionRefusedError):
+    text = describe_os_error(err, timeout)
+    if text == "connection refused":
         return "connection refused (is the device on, and is the port right?)"
-    if isinstance(err, socket.gaierror):
-        return f"host name not found ({err})"
-    if isinstance(err, TimeoutError):
-        return str(err) or "timed out"
-    if isinstance(err, OSError):
-        return err.strerror or str(err) or type(err).__name__
-    return str(err) or type(err).__name__
+    return text
+
+
+class _Disconnected(ConnectionError):
+    """The connection ended while a request waited for its answer (the words say how)."""

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from linetap.agent.records import Quality, SampleBatch, now_us
 from linetap.config.units import Duration
 
-from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError
+from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
 
 log = structlog.get_logger("linetap.drivers.opcua")
 
@@ -283,12 +283,11 @@ def describe_error(exc: BaseException, timeout: float | None = None) -> str:
         name = status_name(getattr(exc, "code", 0))
         hint = _HINTS.get(name)
         return f"{name}: {hint}" if hint else name
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the server running, and the host and port right?)"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return f"no answer within {timeout:g}s" if timeout else "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or (isinstance(exc, OSError) and exc.errno):
+        text = describe_os_error(exc, timeout, peer="server")
+        if text == "connection refused":
+            return "connection refused (is the server running, and the host and port right?)"
+        return text
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -584,6 +583,7 @@ class OpcUaDriver(Driver):
         self._where = f"device {config.name} at {config.endpoint}"
         self._queue: asyncio.Queue[SampleBatch | _Lost] = asyncio.Queue()
         self._generation = 0
+        self._socket_cause: str | None = None  # what ended the TCP connection (asyncua keeps only "lost")
         self._last_publish = 0.0
         self._nodeids: list[Any] = []  # resolved ua.NodeId per tag (None: unresolved)
         self._resolve_errors: dict[int, str] = {}
@@ -626,11 +626,13 @@ class OpcUaDriver(Driver):
         watchdog = min(max(cfg.timeout / 2, 0.5), 2.0)
         client = await open_client(cfg.name, cfg.endpoint, cfg.security, cfg.timeout, watchdog)
         self._client = client
+        self._socket_cause = None
+        self._capture_socket_cause(client, gen)
 
         async def on_lost(exc: Exception) -> None:
+            # asyncua's supervisor says `ConnectionError: transport lost`; the socket said what happened
             if gen == self._generation:
-                self._queue.put_nowait(_Lost(describe_error(exc, cfg.timeout) if str(exc) or not isinstance(
-                    exc, ConnectionError) else "connection closed"))
+                self._queue.put_nowait(_Lost(self._socket_cause or describe_error(exc, cfg.timeout)))
 
         client.connection_lost_callback = on_lost
         try:
@@ -671,7 +673,22 @@ class OpcUaDriver(Driver):
             await _quiet_disconnect(client)
 
     def _lost(self, cause: str) -> DeviceUnreachable:
-        return DeviceUnreachable(f"connection to {self._where} lost: {cause}")
+        return DeviceUnreachable(f"connection to {self._where} lost: {self._socket_cause or cause}")
+
+    def _capture_socket_cause(self, client, gen: int) -> None:
+        """asyncua's socket protocol gets the OSError of a lost connection (None: the server closed
+        it) and passes it only to a state change; keep it, in words, for the loss reason."""
+        protocol = getattr(getattr(client, "uaclient", None), "protocol", None)
+        inner = getattr(protocol, "on_connection_lost", None)
+        if protocol is None or inner is None:
+            return
+
+        def on_connection_lost(exc: Exception | None) -> None:
+            if gen == self._generation:
+                self._socket_cause = describe_os_error(exc, peer="server")
+            inner(exc)
+
+        protocol.on_connection_lost = on_connection_lost
 
     # --- node resolution -----------------------------------------------------------------
 

@@ -119,7 +119,7 @@ async def test_slow_device_times_out_then_recovers(modbus_sim, driver_for) -> No
     t = time.monotonic()
     batch = await driver.read()
     assert time.monotonic() - t < 0.45
-    assert set(batch.quality) == {Quality.BAD} and set(batch.reason) == {"timeout after 0.2s"}
+    assert set(batch.quality) == {Quality.BAD} and set(batch.reason) == {"timed out after 0.2s"}
     modbus_sim.set_delay(0.0)
     await asyncio.sleep(0.4)  # the late answer arrives and is ignored (stale transaction id)
     batch = await driver.read()
@@ -136,7 +136,7 @@ async def test_slow_device_with_many_blocks_gives_up_early(modbus_sim, driver_fo
     t = time.monotonic()
     batch = await driver.read()
     assert time.monotonic() - t < 0.35  # two timeouts, the rest skipped
-    assert batch.reason[0] == "timeout after 0.1s"
+    assert batch.reason[0] == "timed out after 0.1s"
     assert batch.reason[-1].startswith("not read: device not responding")
 
 
