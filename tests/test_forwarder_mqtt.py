@@ -64,8 +64,9 @@ def line_config(broker, **mqtt) -> LineConfig:
 
 
 def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
-    """n good float samples of one device, built column-wise (fast enough for 100k+ rows)."""
-    ts = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64)
+    """n good float samples of one device, built column-wise (fast enough for 100k+ rows): polls
+    of 50 tags every 100 ms, one agent_ts per poll as the drivers make them."""
+    ts = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64) // 50 * 100_000
     return pa.Table.from_arrays(
         [
             pa.array([device] * n, pa.string()),
@@ -74,8 +75,8 @@ def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
             pa.nulls(n, pa.string()),
             pa.array(np.zeros(n, dtype=np.uint8)),
             pa.nulls(n, pa.string()),
+            pa.array(ts - 7 + np.arange(n, dtype=np.int64) % 50),
             pa.array(ts),
-            pa.array(ts + 7),
         ],
         schema=TELEMETRY_SCHEMA,
     )
