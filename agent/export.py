@@ -40,21 +40,35 @@ def export(cfg: LineConfig, stream: str, fmt: str, output: Path | None, *, from_
         buf.close()
 
 
-def iter_messages(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: list, sent_at: int
-                  ) -> Iterator[tuple[list[tuple[str, bytes]], int]]:
+def iter_messages(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: list, sent_at: int,
+                  chunk: int = CHUNK) -> Iterator[tuple[list[tuple[str, bytes]], int]]:
     """The rows a query selects, as MQTT messages built exactly as the forwarder builds them:
-    per chunk of rows, ([(topic, payload), ...], rows in the chunk)."""
+    per chunk of rows, ([(topic, payload), ...], rows in the chunk).
+
+    Chunks are seq ranges that end on a multiple of the telemetry batch (or at the last row),
+    as the forwarder's reads do, so a telemetry message is never cut at a chunk edge: the same
+    ids and content as the forwarder's messages (`payload.message_spans`)."""
     agent = cfg.agent.id
     topics = Topics.from_config(cfg)
-    offset = 0
-    while True:
-        table = buf.query_arrow(f"{query} LIMIT {CHUNK} OFFSET {offset}", params)
-        if table.num_rows == 0:
-            return
-        offset += table.num_rows
+    batch = cfg.mqtt.telemetry_batch if stream == "telemetry" else 1
+    size = max(chunk, batch)
+    # the selection without its ORDER BY: sorting the whole range inside each subquery would not fit
+    # the buffer's memory limit; every chunk is a bounded seq range, sorted on its own
+    query = query.removesuffix(" ORDER BY seq")
+    last = buf.query_arrow(f"SELECT max(seq) AS last FROM ({query})", params).column("last")[0].as_py()
+    after = 0
+    while last is not None and after < last:
+        end = (after + size) // batch * batch
+        table = buf.query_arrow(f"SELECT * FROM ({query}) WHERE seq > ? AND seq <= ? ORDER BY seq",
+                                [*params, after, end])
+        if table.num_rows == 0:  # deleted rows, or rows the query leaves out: on to the next one
+            after = buf.query_arrow(f"SELECT min(seq) - 1 AS after FROM ({query}) WHERE seq > ?",
+                                    [*params, after]).column("after")[0].as_py()
+            continue
+        after = end
         if stream == "telemetry":
             messages = [(topic, payload) for topic, _first, _last, payload in
-                        iter_telemetry_messages(agent, table, cfg.mqtt.telemetry_batch, topics, sent_at=sent_at)]
+                        iter_telemetry_messages(agent, table, batch, topics, sent_at=sent_at)]
         else:
             messages = []
             for row in table.to_pylist():

@@ -438,7 +438,8 @@ class MQTTForwarder:
                 if not self._spans:
                     if await buf.last_seq("telemetry") <= self._read_pos["telemetry"]:
                         return
-                    table = await buf.read_telemetry(self._read_pos["telemetry"], self.chunk_rows)
+                    # ends on a bucket end or at the head: message ids never depend on the read size
+                    table = await buf.read_telemetry(self._read_pos["telemetry"], self.chunk_rows, self.batch)
                     if table.num_rows == 0:
                         return
                     self._chunk = telemetry_chunk(table, self.batch)

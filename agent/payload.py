@@ -23,9 +23,14 @@ Topics: `{root}/{station}/{stream}` for data, `{root}/_agent/{agent_id}/status` 
 
 A message's content depends only on the buffer's rows, never on when it is sent, except
 `sent_at`: a re-sent message has the same id and the same samples. Telemetry message
-boundaries are a function of the rows alone (device changes, seq gaps and seq buckets of
-`batch` samples aligned to multiples of `batch`), so that re-reading the same rows after a
-reconnect gives the same messages wherever the read started.
+boundaries are a function of the rows alone, never of read sizes: a message starts where the
+device changes, where seq is not the previous seq + 1, where `agent_ts` changes (one poll's
+`SampleBatch` has one `agent_ts`, and an append never splits one), and at every seq bucket of
+`batch` samples aligned to multiples of `batch`. Every read for messages (the forwarder's
+`read_telemetry(..., align=batch)`, export and replay) ends on a bucket end or at the last row
+that exists; at the live head that is the end of an append, hence an `agent_ts` change. So
+the forwarder, a re-send after a reconnect, `linetap replay` and `linetap export` all build
+the same messages (ids and content) from the same rows, wherever their reads started and ended.
 """
 
 from __future__ import annotations
@@ -120,10 +125,14 @@ class TelemetryChunk:
         return self.seq[-1]
 
 
-def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int) -> list[tuple[int, int]]:
+def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int,
+                  agent_ts: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Row ranges [start, end) of one message each: a new message starts where the device
-    changes, where seq is not the previous seq + 1, and at every seq that is a multiple of
-    `batch` plus one (aligned buckets), so at most `batch` samples per message."""
+    changes, where seq is not the previous seq + 1, where `agent_ts` changes (a new poll, hence
+    wherever an append may have ended: the forwarder's read edge at the live head), and at every
+    seq that is a multiple of `batch` plus one (aligned buckets), so at most `batch` samples per
+    message. Only the rows decide: the same rows give the same spans however they were read,
+    provided each read ends on a boundary (see `DuckDBBuffer.read_telemetry`)."""
     n = len(seq)
     if n == 0:
         return []
@@ -131,6 +140,8 @@ def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int) -> list
     brk[0] = True
     if n > 1:
         brk[1:] = (device_codes[1:] != device_codes[:-1]) | (seq[1:] != seq[:-1] + 1)
+        if agent_ts is not None:
+            brk[1:] |= agent_ts[1:] != agent_ts[:-1]
     brk |= (seq - 1) % batch == 0
     starts = np.flatnonzero(brk).tolist()
     ends = starts[1:] + [n]
@@ -149,6 +160,7 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     else:
         value = [t if n is None else n for n, t in zip(num, text_col.to_pylist(), strict=True)]
     quality = table.column("quality").to_numpy(zero_copy_only=False)
+    agent_ts = table.column("agent_ts")
     return TelemetryChunk(
         seq=seq_np.tolist(),
         device=device.to_pylist(),
@@ -157,8 +169,8 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
         quality=_QUALITY_LOOKUP[quality].tolist(),
         reason=table.column("reason").to_pylist(),
         source_ts=table.column("source_ts").to_pylist(),
-        agent_ts=table.column("agent_ts").to_pylist(),
-        spans=message_spans(seq_np, codes, batch),
+        agent_ts=agent_ts.to_pylist(),
+        spans=message_spans(seq_np, codes, batch, agent_ts.to_numpy()),
     )
 
 

@@ -589,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="measurement window per end-to-end run")
     p.add_argument("--max-sims", type=int, default=4, help="simulator processes at most (one per device)")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--results", type=Path, default=None,
+                   help="where to write the results as JSON (default: benchmarks/results/latest.json; "
+                        "with --smoke: results.json in the work directory, so CI never writes into the source tree)")
     args = p.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="linetap-bench-"))
@@ -693,9 +696,9 @@ def main(argv: list[str] | None = None) -> int:
                 text = summarize_profile(Path(raw), top=15)
                 print(f"\n### OPC UA {'agent' if who == 'agent' else 'simulator (one of them)'} profile ({r.name})"
                       f"\n```\n{text}\n```")
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / "latest.json").write_text(json.dumps({
+    results_path = args.results or (work / "results.json" if args.smoke else ROOT / "benchmarks" / "results" / "latest.json")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({
         "machine": machine_facts(), "argv": sys.argv[1:], "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": [r.__dict__ for r in results]}, indent=1, default=str))
     if args.smoke:
@@ -706,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and (bool(e2e) or not wanted("modbus")) and all(r.values["delivered"] > 0 for r in e2e) \
             and all(r.values["complete"] for r in drained) \
             and (not wanted("opcua") or (bool(opc) and all(r.values["delivered"] > 0 for r in opc)))
-    print(f"\nresults: {out_dir / 'latest.json'}; {'OK' if ok else 'FAILED'}")
+    print(f"\nresults: {results_path}; {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
 

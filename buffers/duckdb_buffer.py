@@ -398,19 +398,30 @@ class DuckDBBuffer:
     def last_hash(self, stream: str) -> str:
         return self._last[stream][1]
 
-    def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
+    def read_telemetry(self, after_seq: int, limit: int, align: int = 1) -> pa.Table:
         """Rows with seq > after_seq, in seq order: `seq` plus the TELEMETRY_SCHEMA columns.
 
         Seqs are contiguous except where the size cap or retention deleted rows, so the read is a
         bounded range (an unbounded `seq > x ORDER BY seq LIMIT n` sorts the whole backlog: 175 ms
         per 20k rows with 5M rows ahead, against ~5 ms). Fewer rows than `limit` may come back
-        where rows were deleted; an empty range skips to the next seq that exists."""
+        where rows were deleted; an empty range skips to the next seq that exists.
+
+        The range ends on a multiple of `align` (the telemetry batch: a message bucket ends
+        there) or at the last row that exists, never elsewhere, so a read never cuts a message
+        that the rows alone would not cut (`payload.message_spans`). With `limit` < `align` it
+        still ends on the next multiple, so it always makes progress."""
         query = f"SELECT seq, {_TELEMETRY_COLUMNS} FROM telemetry WHERE seq > ? AND seq <= ? ORDER BY seq"
-        table = self._con.sql(query, params=[after_seq, after_seq + limit]).to_arrow_table()
-        if table.num_rows == 0 and after_seq + limit < self._last["telemetry"][0]:
+
+        def end_of(after: int) -> int:
+            end = (after + limit) // align * align
+            return end if end > after else (after // align + 1) * align
+
+        end = end_of(after_seq)
+        table = self._con.sql(query, params=[after_seq, end]).to_arrow_table()
+        if table.num_rows == 0 and end < self._last["telemetry"][0]:
             nxt = self._con.execute("SELECT min(seq) FROM telemetry WHERE seq > ?", [after_seq]).fetchall()[0][0]
             if nxt is not None:
-                table = self._con.sql(query, params=[nxt - 1, nxt - 1 + limit]).to_arrow_table()
+                table = self._con.sql(query, params=[nxt - 1, end_of(nxt - 1)]).to_arrow_table()
         if table.num_rows:
             self._handed_out = max(self._handed_out, table.column("seq")[-1].as_py())
         return table
@@ -733,8 +744,8 @@ class AsyncBuffer:
     def held_records(self) -> int:
         return self._buffer.held_records()
 
-    async def read_telemetry(self, after_seq: int, limit: int) -> pa.Table:
-        return await self._call(self._buffer.read_telemetry, after_seq, limit)
+    async def read_telemetry(self, after_seq: int, limit: int, align: int = 1) -> pa.Table:
+        return await self._call(self._buffer.read_telemetry, after_seq, limit, align)
 
     async def open_units(self) -> list[dict[str, Any]]:
         return await self._call_records(self._buffer.open_units)

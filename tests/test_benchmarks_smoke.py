@@ -1,18 +1,41 @@
-"""The benchmark harness cannot rot: its smoke mode runs (a few seconds) and prints its tables."""
+"""The benchmark harness cannot rot: its smoke mode runs (a few seconds) and prints its tables.
+It writes only where it is told (a temporary folder here), never into the source tree."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).parents[1]
+_SCRATCH = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node-red"}
+
+
+def source_tree() -> dict[str, tuple[int, int]]:
+    """Every file of the worktree (except caches and the venv): path -> (size, mtime)."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in _SCRATCH and not d.endswith(".egg-info")]
+        for name in filenames:
+            st = os.stat(os.path.join(dirpath, name))
+            files[os.path.relpath(os.path.join(dirpath, name), ROOT)] = (st.st_size, st.st_mtime_ns)
+    return files
+
 
 @pytest.mark.timeout(180)
 def test_benchmark_smoke_mode_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=170, cwd=Path(__file__).parents[1])
+    work, results = tmp_path / "bench work", tmp_path / "bench results" / "smoke-run.json"
+    before = source_tree()
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--workdir", str(work),
+                        "--results", str(results)], capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for heading in ("End to end", "Latency", "Buffer append", "Backlog drain"):
         assert heading in r.stdout, heading
+    data = json.loads(results.read_text())
+    assert {x["kind"] for x in data["results"]} >= {"modbus", "opcua", "append", "drain"}
+    after = source_tree()
+    assert after == before, f"the smoke run wrote into the source tree: {sorted(set(after.items()) ^ set(before.items()))}"

@@ -36,6 +36,34 @@ def units_of(msgs):
     return [p for p in payloads(msgs, "/units")]
 
 
+VALIDATORS = {stream: Draft202012Validator(orjson.loads((SCHEMAS / f"{name}.json").read_bytes()))
+              for stream, name in (("units", "unit"), ("events", "event"))}
+
+
+def validate_records(msgs) -> dict[str, int]:
+    """Every unit record and event the agent published, against its JSON Schema; how many of each kind."""
+    kinds: dict[str, int] = {}
+    for stream in ("units", "events"):
+        for doc in payloads(msgs, f"/{stream}"):
+            VALIDATORS[stream].validate(doc)
+            kinds[doc["body"]["kind"]] = kinds.get(doc["body"]["kind"], 0) + 1
+    return kinds
+
+
+def test_the_schemas_describe_the_bodies_field_by_field():
+    """A body of another shape than the agent's is refused (the schema is not a bare object)."""
+    envelope = {"schema": "linetap.unit/1", "id": "line-1/units/1", "agent": "line-1", "stream": "units", "seq": 1,
+                "sent_at": 1, "recorded_at": 1, "prev_hash": "0" * 64, "hash": "ab"}
+    other_shape = {"serial": "SN1", "station": "sealer1", "device": "press1", "operator": "op7", "started_at": 1,
+                   "ended_at": 2, "cycle_time": 0.5, "verdict": "pass", "config_version": "abc123",
+                   "parameters": {"temp": {"value": 180.0, "unit": "degC", "limits": [170, 190], "verdict": "pass"}}}
+    assert not VALIDATORS["units"].is_valid({**envelope, "body": other_shape})
+    nc = {"kind": "nonconformance", "ts": 1, "device": "sealer1", "station": "sealer1", "serial": "SN1",
+          "parameter": "temp", "value": 200.0}
+    assert not VALIDATORS["events"].is_valid({**envelope, "schema": "linetap.event/1", "id": "line-1/events/1",
+                                              "stream": "events", "body": nc})
+
+
 async def test_units_match_the_simulators_ground_truth(tmp_path, broker, capture):
     model = StationModel(seed=11, cycle_time=2.0, idle_time=0.5, out_of_limit_share=0.3, keep_units=1000)
     n_units = 16
@@ -45,9 +73,8 @@ async def test_units_match_the_simulators_ground_truth(tmp_path, broker, capture
             await capture.until(lambda m: len(units_of(m)) >= n_units, timeout=60)
 
     records = [u["body"] for u in units_of(capture.messages)]
-    validator = Draft202012Validator(orjson.loads((SCHEMAS / "unit.json").read_bytes()))
-    for u in units_of(capture.messages):
-        validator.validate(u)
+    kinds = validate_records(capture.messages)  # the real agent output, against the schemas
+    assert kinds["unit"] >= n_units and kinds["nonconformance"] and kinds["device_state"], kinds
     serials = [r["serial"] for r in records]
     assert len(serials) == len(set(serials)), "each serial once"
     truth = {t.serial: t for t in model.completed_units}
@@ -130,6 +157,7 @@ async def test_device_lost_mid_cycle_gives_incomplete_unit_and_event(tmp_path, b
             assert agent.stats.devices["sealer1"].state == "lost"
     finally:
         await sim.stop()
+    validate_records(capture.messages)
     [unit] = [u["body"] for u in units_of(capture.messages)]
     assert unit["serial"] == serial and unit["verdict"] == "incomplete"
     assert "lost mid-cycle" in unit["reasons"][0]

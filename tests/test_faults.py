@@ -221,8 +221,11 @@ def test_damaged_buffer_refuses_to_start_and_keeps_the_file(tmp_path, broker, da
 @pytest.mark.parametrize("damage", ["truncate", "scribble"])
 def test_damaged_wal_recovers_a_prefix_or_refuses(tmp_path, damage):
     """A power cut mid-write: the WAL's tail is cut or scribbled. The buffer either opens with an
-    intact prefix of what was committed, or refuses with a clear error: never garbage, never empty."""
-    path = tmp_path / "buf.duckdb"
+    intact, non-empty prefix of what was committed (whole transactions, each row as written), or
+    refuses with a clear error: never garbage, never empty."""
+    path = tmp_path / "line 1" / "heat-sealer-buffer.duckdb"
+    path.parent.mkdir()
+    transactions, rows = 20, 1000
     script = (
         "import os, sys\n"
         "from linetap.buffers import DuckDBBuffer\n"
@@ -230,8 +233,9 @@ def test_damaged_wal_recovers_a_prefix_or_refuses(tmp_path, damage):
         f"b = DuckDBBuffer({str(path)!r}, 'a')\n"
         "b._con.execute('PRAGMA disable_checkpoint_on_shutdown').fetchall()\n"
         "b._con.execute(\"SET checkpoint_threshold = '1TB'\").fetchall()\n"
-        "for i in range(20):\n"
-        "    b.append(SampleBatch('d', ['t'] * 1000, [float(i)] * 1000, [0] * 1000, [None] * 1000, i).to_arrow())\n"
+        f"for i in range({transactions}):\n"
+        f"    b.append(SampleBatch('d', ['t'] * {rows}, [float(i)] * {rows}, [0] * {rows}, [None] * {rows},"
+        " 1_000 + i).to_arrow())\n"
         "os._exit(0)  # no close, no checkpoint: everything is in the WAL\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
@@ -249,8 +253,14 @@ def test_damaged_wal_recovers_a_prefix_or_refuses(tmp_path, damage):
     except BufferCorrupt as err:
         assert "will not start over a damaged buffer" in str(err)
         return
-    seqs = buf.read_telemetry(0, 100_000).column("seq").to_pylist()
+    table = buf.read_telemetry(0, 100_000)
     last = buf.last_seq("telemetry")
     buf.close()
-    assert seqs == list(range(1, last + 1)), "an intact prefix"
-    assert last % 1000 == 0, "whole transactions only"
+    # the damage is two thirds in: the transactions before it were committed and must be there
+    assert rows <= last < transactions * rows, f"a non-empty prefix of the committed rows, got last seq {last}"
+    assert last % rows == 0, "whole transactions only"
+    assert table.column("seq").to_pylist() == list(range(1, last + 1)), "an intact prefix"
+    i = [(seq - 1) // rows for seq in range(1, last + 1)]
+    assert table.column("num").to_pylist() == [float(k) for k in i], "each row as it was written"
+    assert table.column("agent_ts").to_pylist() == [1_000 + k for k in i]
+    assert set(table.column("device").to_pylist()) == {"d"} and set(table.column("tag").to_pylist()) == {"t"}

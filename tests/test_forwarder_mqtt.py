@@ -64,8 +64,9 @@ def line_config(broker, **mqtt) -> LineConfig:
 
 
 def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
-    """n good float samples of one device, built column-wise (fast enough for 100k+ rows)."""
-    ts = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64)
+    """n good float samples of one device, built column-wise (fast enough for 100k+ rows): polls
+    of 50 tags every 100 ms, one agent_ts per poll as the drivers make them."""
+    ts = 1_700_000_000_000_000 + np.arange(n, dtype=np.int64) // 50 * 100_000
     return pa.Table.from_arrays(
         [
             pa.array([device] * n, pa.string()),
@@ -74,8 +75,8 @@ def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
             pa.nulls(n, pa.string()),
             pa.array(np.zeros(n, dtype=np.uint8)),
             pa.nulls(n, pa.string()),
+            pa.array(ts - 7 + np.arange(n, dtype=np.int64) % 50),
             pa.array(ts),
-            pa.array(ts + 7),
         ],
         schema=TELEMETRY_SCHEMA,
     )
@@ -94,16 +95,38 @@ def mixed_batch(device: str, i: int) -> pa.Table:
     ).to_arrow()
 
 
+CONFIG_VERSION = "sha256:" + "5e" * 32
+
+
 def unit(i: int, station: str | None = "sealer1") -> dict:
-    return {"serial": f"SN{i:05d}", "station": station, "device": "press1", "operator": "op7",
-            "started_at": 1_700_000_000_000_000 + i, "ended_at": 1_700_000_000_500_000 + i, "cycle_time": 0.5,
-            "parameters": {"temp": {"value": 180.0 + i, "unit": "degC", "limits": [170, 190], "verdict": "pass"}},
-            "verdict": "pass", "config_version": "abc123"}
+    """A unit record body of the shape agent/capture.py writes (tests/test_e2e_units.py checks the
+    real ones against the same schema)."""
+    started = 1_700_000_000_000_000 + i * 3_000_000
+    temp = 180.0 + i % 10
+    return {
+        "kind": "unit", "serial": f"SN-{i:06d}", "lot": "LOT-2024-17", "station": station, "device": "press1",
+        "operator": "OP-1107", "started_at": started, "ended_at": started + 2_050_000, "cycle_time": 2.05,
+        "parameters": [
+            {"name": "seal_temperature_max", "reduce": "max", "tag": "seal_temperature", "value": temp,
+             "unit": "degC", "low": 175.0, "high": 185.0, "spec": "WI-SEAL-007 rev B",
+             "verdict": "fail" if temp > 185.0 else "pass",
+             "reason": "high limit 185 breached" if temp > 185.0 else None},
+            {"name": "temperature_trace", "reduce": "trace", "tag": "seal_temperature",
+             "value": [[0.0, 150.0], [1.0, temp], [2.05, temp - 1]], "unit": None, "low": None, "high": None,
+             "spec": None, "verdict": "recorded", "reason": None},
+            {"name": "cycle_time", "reduce": "cycle_time", "tag": None, "value": 2.05, "unit": "s", "low": None,
+             "high": None, "spec": None, "verdict": "recorded", "reason": None},
+        ],
+        "verdict": "fail" if temp > 185.0 else "pass", "reasons": [], "config_version": CONFIG_VERSION,
+    }
 
 
 def event(i: int, station: str | None = None) -> Event:
-    return Event("nonconformance", 1_700_000_000_000_000 + i, "press1", station,
-                 {"serial": f"SN{i:05d}", "parameter": "temp", "value": 200.0 + i})
+    """A non-conformance of the shape agent/capture.py raises."""
+    return Event("nonconformance", 1_700_000_000_000_000 + i, "press1", station, {
+        "serial": f"SN-{i:06d}", "operator": "OP-1107", "parameter": "seal_temperature_max", "reduce": "max",
+        "value": 200.0 + i, "limit": "high", "limit_value": 185.0, "unit": "degC", "spec": "WI-SEAL-007 rev B",
+        "unit_started_at": 1_700_000_000_000_000 + i - 500_000, "during_cycle": True})
 
 
 @contextlib.asynccontextmanager
@@ -445,7 +468,7 @@ async def test_an_event_gets_a_slot_when_telemetry_fills_the_window(broker, capt
             await asyncio.sleep(0.3)
             assert fwd.stats.inflight == window - fwd.reserve, "telemetry leaves the reserved slots free"
             sent = fwd.stats.messages_sent
-            await buf.append(events=[Event("nonconformance", 1, "press1", "sealer1", {"serial": "SN-9"})])
+            await buf.append(events=[event(9, station="sealer1")])
             fwd.notify()
             for _ in range(100):
                 if fwd.stats.messages_sent > sent:

@@ -143,7 +143,41 @@ def test_bad_arguments() -> None:
 
 
 def test_accepts_the_config_values() -> None:
+    """Every format and level the config allows is accepted and does what it says; the default
+    (`auto`, `info`) gives JSON lines on a non-terminal and drops debug."""
+    import typing
+
     from linetap.config.models import LoggingConfig
 
+    formats = typing.get_args(LoggingConfig.model_fields["format"].annotation)
+    levels = typing.get_args(LoggingConfig.model_fields["level"].annotation)
+    assert set(formats) == {"auto", "console", "json"} and set(levels) == {"debug", "info", "warning", "error"}
+    order = ["debug", "info", "warning", "error"]
+    for fmt in formats:
+        for level in levels:
+            stream = io.StringIO()
+            configure_logging(fmt, level, stream=stream)
+            log = get_logger("linetap.test")
+            for name in order:
+                getattr(log, name)(f"at {name}", level_name=name)
+            text = stream.getvalue()
+            expected = order[order.index(level):]
+            for name in order:
+                assert (f"at {name}" in text) == (name in expected), (fmt, level, name, text)
+            if fmt == "console":
+                with pytest.raises(json.JSONDecodeError):
+                    json.loads(text.splitlines()[0])
+            else:  # json, and auto on a stream that is not a terminal
+                assert [r["event"] for r in records(stream)] == [f"at {n}" for n in expected], (fmt, level)
+
     cfg = LoggingConfig()
-    configure_logging(cfg.format, cfg.level, stream=io.StringIO())
+    stream = io.StringIO()
+    configure_logging(cfg.format, cfg.level, stream=stream)
+    log = get_logger("linetap.test")
+    log.debug("hidden")
+    log.info("shown", line="line 1")
+    assert [(r["event"], r["level"], r["line"]) for r in records(stream)] == [("shown", "info", "line 1")]
+    tty = FakeTTY()
+    configure_logging(cfg.format, cfg.level, stream=tty)
+    get_logger("linetap.test").info("for humans")
+    assert "for humans" in tty.getvalue() and not tty.getvalue().lstrip().startswith("{")

@@ -20,11 +20,13 @@ V = {n: Draft202012Validator(json.loads((SCHEMAS / f"{n}.json").read_text()))
 TOPICS = P.Topics("acme/p1/a1/l1/", "ag-1", {"press1": "sealer1"})
 
 
-def rows(devices: list[str], first_seq: int = 1) -> pa.Table:
-    """One sample per entry of `devices`, with seqs from first_seq."""
+def rows(devices: list[str], first_seq: int = 1, polls: list[int] | None = None) -> pa.Table:
+    """One sample per entry of `devices`, with seqs from first_seq; `polls[i]` is row i's
+    agent_ts (default: all rows of one poll)."""
     n = len(devices)
+    polls = polls or [1_000] * n
     t = pa.concat_tables([
-        SampleBatch(d, [f"t{seq}"], [float(seq)], [Quality.GOOD], [None], 1_000 + seq).to_arrow()
+        SampleBatch(d, [f"t{seq}"], [float(seq)], [Quality.GOOD], [None], polls[seq - first_seq]).to_arrow()
         for seq, d in enumerate(devices, start=first_seq)
     ])
     return t.add_column(0, "seq", pa.array(range(first_seq, first_seq + n), pa.int64()))
@@ -69,6 +71,18 @@ def test_messages_split_by_device_gap_and_batch():
     assert [(f, last) for _, f, last, _ in P.iter_telemetry_messages("ag", holey, 100, TOPICS, 0)] == [(1, 3), (10, 12)]
 
 
+def test_a_new_poll_starts_a_new_message():
+    """A new agent_ts (the next poll's SampleBatch) ends a message: where the forwarder cut at the
+    live head (the end of an append) is a boundary the rows show, so a replay rebuilds that cut."""
+    devices = ["a"] * 10
+    polls = [1_000] * 3 + [2_000] * 4 + [3_000] * 3
+    spans = [(f, last) for _, f, last, _ in P.iter_telemetry_messages("ag", rows(devices, polls=polls), 4, TOPICS, 0)]
+    assert spans == [(1, 3), (4, 4), (5, 7), (8, 8), (9, 10)]  # polls at 4 and 8, buckets at 5 and 9
+    # the forwarder caught up after the first and the second poll: the same messages, read in three pieces
+    pieces = [rows(devices[a:b], first_seq=a + 1, polls=polls[a:b]) for a, b in ((0, 3), (3, 7), (7, 10))]
+    assert [(f, last) for t in pieces for _, f, last, _ in P.iter_telemetry_messages("ag", t, 4, TOPICS, 0)] == spans
+
+
 @pytest.mark.parametrize("restart_at", [0, 4, 8, 9, 12, 16])
 def test_boundaries_do_not_depend_on_where_the_read_starts(restart_at):
     """After a reconnect the forwarder reads again from the cursor (always a message boundary):
@@ -82,7 +96,12 @@ def test_boundaries_do_not_depend_on_where_the_read_starts(restart_at):
 
 
 def test_unit_and_event_envelopes():
-    body = {"serial": "SN1", "station": "sealer1", "verdict": "pass", "parameters": {"temp": {"value": 181.5}}}
+    body = {"kind": "unit", "serial": "SN-000001", "lot": None, "station": "sealer1", "device": "press1",
+            "operator": "OP-1107", "started_at": 1_000, "ended_at": 2_051_000, "cycle_time": 2.05, "verdict": "pass",
+            "parameters": [{"name": "seal_pressure", "reduce": "max", "tag": "seal_pressure", "value": 5.1,
+                            "unit": "bar", "low": 4.0, "high": 6.0, "spec": "WI-SEAL-007 rev B", "verdict": "pass",
+                            "reason": None}],
+            "reasons": [], "config_version": "sha256:" + "0f" * 32}
     rec = StoredRecord("units", 7, "ag-1/units/7", 1_000, body, "aa" * 32, "bb" * 32)
     d = orjson.loads(P.encode_record("ag-1", rec, 2_000))
     V["unit"].validate(d)
