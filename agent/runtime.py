@@ -30,7 +30,8 @@ import structlog
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
 from linetap.agent.records import Event, SampleBatch, now_us
-from linetap.buffers import AsyncBuffer, BufferWriteFailed
+from linetap.agent.sidecar import sidecar_path, write_sidecar
+from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferDamaged, BufferWriteFailed, keep_copies
 from linetap.config.models import LineConfig
 from linetap.drivers import DriverError, create_driver
 
@@ -64,6 +65,7 @@ class _Captured:
 @dataclass
 class AgentStats:
     units: int = 0
+    samples_read: int = 0  # produced by the device loops (all-bad samples of a lost device included)
     samples_buffered: int = 0
     commits: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -97,28 +99,63 @@ class Agent:
         log.info("agent started", agent=cfg.agent.id, devices=len(cfg.devices), buffer=str(cfg.buffer.path),
                  broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
         self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)
+        damage: BufferDamaged | None = None
         try:
-            await self._restore_open_units()
-            async with asyncio.TaskGroup() as tg:
-                devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
-                house = tg.create_task(self._housekeeping(), name="housekeeping")
-                writers = [tg.create_task(self._telemetry_writer(), name="telemetry-writer"),
-                           tg.create_task(self._records_writer(), name="records-writer")]
-                forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
-                self.ready.set()
-                await stop.wait()
-                log.info("agent stopping")
-                await _cancel_all([*devices, house])
-                await self._records.join()  # the writers have committed everything produced
-                await self._queue.join()
-                for writer in writers:
-                    writer.cancel()
-                await self._grace(forwarder)
-                forwarder.cancel()
+            try:
+                await self._restore_open_units()
+                async with asyncio.TaskGroup() as tg:
+                    devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
+                    house = tg.create_task(self._housekeeping(), name="housekeeping")
+                    writers = [tg.create_task(self._telemetry_writer(), name="telemetry-writer"),
+                               tg.create_task(self._records_writer(), name="records-writer")]
+                    forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
+                    self.ready.set()
+                    await stop.wait()
+                    log.info("agent stopping")
+                    await _cancel_all([*devices, house])
+                    await self._records.join()  # the writers have committed everything produced
+                    await self._queue.join()
+                    for writer in writers:
+                        writer.cancel()
+                    await self._grace(forwarder)
+                    forwarder.cancel()
+            except* BufferDamaged as group:
+                damage = group.exceptions[0]
         finally:
             await self._write_status_file()
             await self.buffer.close()
             log.info("agent stopped", agent=cfg.agent.id, samples=self.stats.samples_buffered)
+        if damage is not None:
+            raise self._stopped_on_damage(damage) from None
+
+    def _stopped_on_damage(self, damage: BufferDamaged) -> BufferCorrupt:
+        """Damage found while running: keep what memory holds in a sidecar file and copies of the
+        files, and say what to do. (The agent never goes on writing over a damaged buffer.)"""
+        path = self.config.buffer.path
+        records: list[Event | dict[str, Any]] = []
+        while not self._records.empty():
+            item = self._records.get_nowait()
+            records.extend([item] if isinstance(item, Event) else [*item.events, *item.units])
+        telemetry = list(self._held)
+        while not self._queue.empty():
+            telemetry.append(self._queue.get_nowait())
+        sidecar = sidecar_path(path)
+        try:
+            n_records, n_samples = write_sidecar(sidecar, self.buffer.held(), records, telemetry)
+        except OSError as exc:
+            sidecar, n_records, n_samples = None, 0, 0
+            log.error("cannot write the sidecar file", path=str(sidecar_path(path)), error=str(exc))
+        copies = keep_copies(path)
+        log.error("buffer damaged while running: agent stopped", path=str(path), error=str(damage),
+                  sidecar=str(sidecar), records_in_sidecar=n_records, samples_in_sidecar=n_samples,
+                  samples_read=self.stats.samples_read, samples_committed=self.stats.samples_buffered,
+                  copies=[str(c) for c in copies])
+        kept = f"; {n_records} records and {n_samples} samples held in memory are in {sidecar}" if sidecar else ""
+        return BufferCorrupt(
+            f"{damage}. The agent stopped{kept}; copies of the damaged files are kept as "
+            f"{', '.join(map(str, copies))}. Restore the buffer from a backup, or move its files away to start a "
+            "new one (unsent records in it would be lost); keep the copies and the sidecar file for the line's "
+            "records.")
 
     async def _restore_open_units(self) -> None:
         """Units a previous agent started and never closed (killed, power cut): resolved at the first polls."""
@@ -187,6 +224,7 @@ class Agent:
         """A device's batch to the telemetry writer; what the unit capture makes of it to the records writer."""
         if not len(batch):
             return
+        self.stats.samples_read += len(batch)
         units, events = self.capture.feed(batch)
         if units or events:
             self._put(_Captured(units, events))
@@ -237,6 +275,9 @@ class Agent:
         try:
             if todo:
                 await self.buffer.append(pa.concat_tables([b.to_arrow() for b in todo]))
+        except BufferDamaged:
+            self._held.extend(batches)  # for the sidecar file
+            raise
         except BufferWriteFailed as exc:
             self._write_failed(exc)
             self._held.extend(batches)

@@ -42,6 +42,7 @@ def _from_buffer(cfg: LineConfig) -> dict[str, Any]:
 
     buf = DuckDBBuffer(cfg.buffer.path, cfg.agent.id)
     try:
+        buf.check()  # a full read: damage that opening does not touch is found here, not by the next run
         return {
             "streams": [dataclasses.asdict(s) for s in buf.stats(SINK)],
             "file_size": buf.file_size(),

@@ -5,11 +5,13 @@ from .duckdb_buffer import (
     AppendResult,
     AsyncBuffer,
     BufferCorrupt,
+    BufferDamaged,
     BufferError,
     BufferWriteFailed,
     CapResult,
     DuckDBBuffer,
     StreamStats,
+    keep_copies,
 )
 
-__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferError", "BufferWriteFailed", "CapResult", "DuckDBBuffer", "StreamStats"]
+__all__ = ["STREAMS", "AppendResult", "AsyncBuffer", "BufferCorrupt", "BufferDamaged", "BufferError", "BufferWriteFailed", "CapResult", "DuckDBBuffer", "StreamStats", "keep_copies"]

@@ -88,6 +88,11 @@ class BufferCorrupt(BufferError):
     """The file exists but cannot be opened as a linetap buffer."""
 
 
+class BufferDamaged(BufferCorrupt):
+    """DuckDB found damage while the agent ran (a block that fails its checksum, a torn page):
+    the agent stops in order, keeps what it holds in memory and copies of the files."""
+
+
 class BufferWriteFailed(BufferError):
     """A commit failed for a reason outside the data (disk full, read-only or vanished folder):
     nothing of it was written, the buffer is still usable, the same write can be tried again.
@@ -215,19 +220,26 @@ class DuckDBBuffer:
 
     def _corrupt(self, exc: Exception) -> BufferCorrupt:
         # Never start an empty buffer over real data: keep the damaged files for recovery.
-        stamp = time.strftime('%Y%m%dT%H%M%S')
-        kept = []
-        files = (self.path, records_path(self.path))
-        for path in (*files, *(f.with_name(f.name + ".wal") for f in files)):  # a damaged WAL too
-            if path.exists():
-                aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-                shutil.copy2(path, aside)
-                kept.append(str(aside))
-        moved = f"; a copy is kept as {' and '.join(kept)}" if kept else ""
+        kept = keep_copies(self.path)
+        moved = f"; a copy is kept as {' and '.join(map(str, kept))}" if kept else ""
         return BufferCorrupt(
-            f"cannot open buffer {self.path}: {_first_line(exc)}{moved}. The agent will not start over a damaged buffer: "
-            "restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
+            f"buffer {self.path} is damaged: {_first_line(exc)}{moved}. The agent will not start over a damaged "
+            "buffer: restore it from a copy, or move it away to start a new one (its unsent records would be lost)."
         )
+
+    def check(self) -> None:
+        """Read every unit record and event, and the telemetry's seq and time columns, once: DuckDB
+        verifies each block's checksum as it reads it. Damage raises BufferCorrupt (copies kept)."""
+        try:
+            for stream in RECORD_STREAMS:
+                self._con.execute(f"SELECT count(*), sum(length(body)), sum(length(id) + length(prev_hash) + "
+                                  f"length(hash)), sum(seq), sum(recorded_at) FROM {RECORDS_DB}.{stream}").fetchall()
+            self._con.execute(f"SELECT * FROM {RECORDS_DB}.open_units").fetchall()
+            self._con.execute("SELECT count(*), sum(seq), sum(agent_ts) FROM telemetry").fetchall()
+        except duckdb.Error as exc:
+            if _is_damage(exc):
+                raise self._corrupt(exc) from None
+            raise
 
     def _check_identity(self, existed: bool) -> None:
         rows = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
@@ -626,6 +638,19 @@ _DAMAGE_MARKERS = ("corrupt", "checksum", "not a valid duckdb", "replaying wal",
                    "could not read enough bytes", "truncated", "serializ", "invalid block", "magic")
 
 
+def keep_copies(path: Path) -> list[Path]:
+    """Copies of a damaged buffer's files (both databases and their WALs) beside them, for recovery."""
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    kept = []
+    files = (path, records_path(path))
+    for f in (*files, *(f.with_name(f.name + ".wal") for f in files)):
+        if f.exists():
+            aside = f.with_name(f"{f.name}.corrupt-{stamp}")
+            shutil.copy2(f, aside)
+            kept.append(aside)
+    return kept
+
+
 # The file system's words (strerror) for a write it refused, and the alarm each one raises.
 _WRITE_FAILURES = (("No space left", "disk_full"), ("Disk quota exceeded", "disk_full"),
                    ("Read-only file system", "read_only"), ("Permission denied", "permission_denied"),
@@ -721,10 +746,18 @@ class AsyncBuffer:
         return cls(executor, buffer)
 
     async def _call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._run(self._executor, fn, *args)
 
     async def _call_records(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._records_executor, fn, *args)
+        return await self._run(self._records_executor, fn, *args)
+
+    async def _run(self, executor: ThreadPoolExecutor, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except duckdb.Error as exc:
+            if _is_damage(exc):  # at any time, not only at open: the agent must stop in order
+                raise BufferDamaged(f"buffer {self.path} is damaged: {_first_line(exc)}") from None
+            raise
 
     async def append(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),
                      units: Sequence[dict[str, Any]] = ()) -> AppendResult:
@@ -743,6 +776,10 @@ class AsyncBuffer:
 
     def held_records(self) -> int:
         return self._buffer.held_records()
+
+    def held(self) -> list[StoredRecord]:
+        """The chained records a failed commit left in memory (for a sidecar file)."""
+        return [r for stream in RECORD_STREAMS for r in self._buffer._held[stream]]
 
     async def read_telemetry(self, after_seq: int, limit: int, align: int = 1) -> pa.Table:
         return await self._call(self._buffer.read_telemetry, after_seq, limit, align)
