@@ -259,8 +259,9 @@ class Agent:
                         break
                     batches.append(batch)
                     samples += len(batch)
-                await self._commit_telemetry(batches)
-                batches = []
+                # taken off `batches` first: a cancellation during the commit must not commit them twice
+                taken, batches = batches, []
+                await self._commit_telemetry(taken)
         except asyncio.CancelledError:
             while not self._queue.empty():
                 batches.append(self._queue.get_nowait())
@@ -360,8 +361,8 @@ class Agent:
                     continue
                 while not self._records.empty():
                     taken.append(self._records.get_nowait())
-                await self._commit_records(taken)
-                taken = []
+                committing, taken = taken, []
+                await self._commit_records(committing)
         except asyncio.CancelledError:
             while not self._records.empty():
                 taken.append(self._records.get_nowait())
