@@ -87,6 +87,7 @@ class Agent:
         self.status_file = status_file or status_path(config)
         self._held: deque[SampleBatch] = deque()  # telemetry the buffer refused, oldest first
         self._held_samples = 0
+        self._unwritten: list[Event | _Captured] = []  # records a failed commit at a stop left behind
         self.write_fault: BufferWriteFailed | None = None  # set while the buffer cannot be written
         self.capture = CaptureEngine(config)
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
@@ -134,7 +135,8 @@ class Agent:
         path = self.config.buffer.path
         records: list[Event | dict[str, Any]] = []
         while not self._records.empty():
-            item = self._records.get_nowait()
+            self._unwritten.append(self._records.get_nowait())
+        for item in self._unwritten:
             records.extend([item] if isinstance(item, Event) else [*item.events, *item.units])
         telemetry = list(self._held)
         while not self._queue.empty():
@@ -265,7 +267,8 @@ class Agent:
         except asyncio.CancelledError:
             while not self._queue.empty():
                 batches.append(self._queue.get_nowait())
-            await self._commit_telemetry(batches)
+            with contextlib.suppress(Exception):  # stopping anyway: what is not committed stays held
+                await self._commit_telemetry(batches)
             if self._held:
                 log.error("buffer cannot be written: telemetry held in memory is lost at this stop",
                           samples=self._held_samples, path=str(self.config.buffer.path))
@@ -276,15 +279,15 @@ class Agent:
         try:
             if todo:
                 await self.buffer.append(pa.concat_tables([b.to_arrow() for b in todo]))
-        except BufferDamaged:
-            self._held.extend(batches)  # for the sidecar file
-            raise
         except BufferWriteFailed as exc:
             self._write_failed(exc)
             self._held.extend(batches)
             self._held_samples += sum(len(b) for b in batches)
             await self._drop_oldest_held()
             return
+        except BaseException:
+            self._held.extend(batches)  # damage, a cancellation: kept for the sidecar file, never dropped
+            raise
         finally:
             for _ in batches:
                 self._queue.task_done()
@@ -366,7 +369,10 @@ class Agent:
         except asyncio.CancelledError:
             while not self._records.empty():
                 taken.append(self._records.get_nowait())
-            await self._commit_records(taken)
+            try:
+                await self._commit_records(taken)
+            except Exception:  # stopping anyway (damage): keep them for the sidecar file
+                self._unwritten.extend(taken)
             if self.buffer.held_records():
                 log.error("buffer cannot be written: events and unit records held in memory are lost at this "
                           "stop (they were published if the broker was reachable)",
