@@ -4,7 +4,8 @@ Every command the README shows that can run on one machine is exercised by some 
 - `python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/linetap demo` (Quick start 1):
   `.ci/run` runs it as written after the tests (`--duration 15`); `tests/test_demo_cli.py` runs
   `linetap demo` through the console script.
-- `... pip install -q -e '.[test]' && .venv/bin/pytest` (Quick start 2): this suite, run by `.ci/run`.
+- `... pip install -q -e '.[test]' && .venv/bin/pytest` (Quick start 2): this suite, run by `.ci/run`;
+  `pip install -e '.[dev]'` and `ruff check .` (Development): `.ci/run` after the tests.
 - `linetap validate`, `run`, `status`, `export --stream units|events` (jsonl), `verify`,
   `simulate modbus|opcua`: `test_shipped_example_runs_as_shipped` (both runnable examples).
 - `export --format csv|parquet`, `replay`: `test_buffer_file_names_work_everywhere` (csv, parquet),
