@@ -86,7 +86,9 @@ class Agent:
         self._station = {d.name: d.station_name for d in config.devices}
         self.status_file = status_file or status_path(config)
         self._held: deque[SampleBatch] = deque()  # telemetry the buffer refused, oldest first
+        self._held_arrow: deque[pa.Table] = deque()  # the same batches as the buffer takes them
         self._held_samples = 0
+        self._next_retry = 0.0  # monotonic: no commit is tried before this while telemetry is held
         self._unwritten: list[Event | _Captured] = []  # records a failed commit at a stop left behind
         self.write_fault: BufferWriteFailed | None = None  # set while the buffer cannot be written
         self.capture = CaptureEngine(config)
@@ -275,38 +277,53 @@ class Agent:
             raise
 
     async def _commit_telemetry(self, batches: list[SampleBatch]) -> None:
-        todo = [*self._held, *batches]
+        tables = [b.to_arrow() for b in batches]
         try:
+            if self._held and self.write_fault is not None and time.monotonic() < self._next_retry:
+                # the disk refused a moment ago: hold these too, and retry every WRITE_RETRY
+                self._hold(batches, tables, retry_at=self._next_retry)
+                await self._drop_oldest_held()
+                return
+            todo = [*self._held_arrow, *tables]
             if todo:
-                await self.buffer.append(pa.concat_tables([b.to_arrow() for b in todo]))
+                await self.buffer.append(pa.concat_tables(todo))
         except BufferWriteFailed as exc:
             self._write_failed(exc)
-            self._held.extend(batches)
-            self._held_samples += sum(len(b) for b in batches)
+            self._hold(batches, tables)
             await self._drop_oldest_held()
             return
         except BaseException:
-            self._held.extend(batches)  # damage, a cancellation: kept for the sidecar file, never dropped
+            self._hold(batches, tables)  # damage, a cancellation: kept for the sidecar file, never dropped
             raise
         finally:
             for _ in batches:
                 self._queue.task_done()
-        for batch in todo:
+        for batch in (*self._held, *batches):
             self.stats.devices[batch.device].last_batch = batch
             self.stats.samples_buffered += len(batch)
         if self._held:
             log.warning("buffer written again: held telemetry committed", samples=self._held_samples)
             self._held.clear()
+            self._held_arrow.clear()
             self._held_samples = 0
         self.stats.commits += 1
         self.forwarder.notify()
         self._write_recovered()
+
+    def _hold(self, batches: list[SampleBatch], tables: list[pa.Table], retry_at: float | None = None) -> None:
+        """Keep batches the buffer refused, with their Arrow form (converted once: a retry only
+        concatenates; measured, converting 20k held samples again on every poll stalled the loop)."""
+        self._held.extend(batches)
+        self._held_arrow.extend(tables)
+        self._held_samples += sum(len(b) for b in batches)
+        self._next_retry = time.monotonic() + WRITE_RETRY if retry_at is None else retry_at
 
     async def _drop_oldest_held(self) -> None:
         """Past buffer.hold_samples, the oldest held telemetry goes; its seqs are reserved and named by a gap event."""
         dropped: list[SampleBatch] = []
         while self._held_samples > self.config.buffer.hold_samples and len(self._held) > 1:
             batch = self._held.popleft()
+            self._held_arrow.popleft()
             self._held_samples -= len(batch)
             dropped.append(batch)
         if not dropped:
