@@ -2,7 +2,7 @@
 
     python -m benchmarks.soak --minutes 10
 
-Runs a private Mosquitto, the Modbus station simulator (`python -m benchmarks.procs sim --speed 8`,
+Runs a private Mosquitto, the Modbus station simulator (`python -m benchmarks.procs sim --speed 4`,
 which writes its ground truth at the end), the agent (`linetap run`) and a subscriber that writes
 everything it receives to a JSONL capture. Every 15-40 s one fault, at random: `kill -9` of the
 agent (then restart), the broker stopped for 3-10 s, the PLC frozen (SIGSTOP) for 2-6 s, or, as
@@ -134,7 +134,7 @@ class Soak:
         wait_port(self.broker_port)
 
     def start_sim(self) -> None:
-        self.sim = subprocess.Popen([sys.executable, "-m", "benchmarks.procs", "sim", "--speed", "8",
+        self.sim = subprocess.Popen([sys.executable, "-m", "benchmarks.procs", "sim", "--speed", "4",
                                      "--out-of-limit-share", "0.2", "--truth", str(self.work / "truth.json")],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
         self.sim_port = json.loads(self.sim.stdout.readline())["port"]
