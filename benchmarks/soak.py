@@ -16,6 +16,7 @@ while the agent could see the station, or a finding of `verify`.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import random
@@ -101,6 +102,9 @@ class Soak:
         self.broker_port = free_port()
         self.sim_port = 0
         (work / "mosquitto.conf").write_text(
+            # run as root, mosquitto drops to user `mosquitto`, which cannot write its persistence file
+            # here: the subscriber's session (and every message queued for it) would not survive a restart
+            f"user {getpass.getuser()}\n"
             f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
             f"persistence true\npersistence_location {work}/\nautosave_interval 1\n")
         example = load_config(ROOT / "config/examples/heat-sealer-modbus.yaml")
@@ -266,17 +270,19 @@ def report(soak: Soak, minutes: float) -> int:
     buf = DuckDBBuffer(soak.buffer_path, soak.agent_id)
     produced = {s: buf.last_seq(s) for s in ("telemetry", "units", "events")}
     pending = {s.stream: s.pending for s in buf.stats("mqtt")}
-    gap_events, dropped = buf.gaps()
     buf.close()
     capture = soak.work / "capture.jsonl"
     checked = verify([capture])
     units = check_units(soak.work / "truth.json", capture, soak.outages)
     kinds: Counter = Counter()
+    gaps: dict[int, int] = {}  # seq -> samples named; from the capture (the size cap purges delivered events)
     for line in capture.read_bytes().splitlines():
         doc = json.loads(line)
         if doc.get("stream") == "events":
             body = doc["body"]
             kinds[body["kind"] + (f" {body['alarm']}" if body.get("alarm") else "")] += 1
+            if body["kind"] == "gap":
+                gaps[doc["seq"]] = body["count"]
     counts = {stream: checked.counts.get(f"{soak.agent_id}/{stream}", {"unique": 0, "duplicates": 0})
               for stream in produced}
     silent = [f for f in checked.findings if f.kind == "missing"]
@@ -285,7 +291,7 @@ def report(soak: Soak, minutes: float) -> int:
     for stream, last in produced.items():
         c = counts[stream]
         lost = last - c["unique"] - pending.get(stream, 0)
-        note = f" ({dropped} of them named by {gap_events} gap events)" if stream == "telemetry" else ""
+        note = f" ({sum(gaps.values())} of them named by {len(gaps)} gap events)" if stream == "telemetry" else ""
         rows.append((f"{stream}: produced / delivered / duplicates / unsent / not delivered",
                      f"{last} / {c['unique']} / {c['duplicates']} / {pending.get(stream, 0)} / {lost}{note}"))
     rows += [
