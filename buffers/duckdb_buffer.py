@@ -150,6 +150,9 @@ class DuckDBBuffer:
             # would grow with the file. One thread: batches are small, the other core is the agent's.
             self._con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
             self._con.execute("SET threads = 1")
+            # what the bounded cache spills goes beside the buffer, not into the caller's working folder
+            spill = str(self.path.with_name(self.path.name + ".tmp")).replace("'", "''")
+            self._con.execute(f"SET temp_directory = '{spill}'")
             self._con.execute(_DDL)
             initialized = self._con.execute("SELECT count(*) FROM meta").fetchall()[0][0] > 0
         except duckdb.Error as exc:
