@@ -68,6 +68,7 @@ class _Unit:
     seen_from: int | None = None  # first poll seen, when the agent missed the cycle's beginning
     interrupted: dict[str, int] | None = None  # resumed after a restart: {"from", "to"} without data
     before_agent: bool = False  # already under way at the agent's first poll: the start is unknown
+    after_loss: bool = False  # ... at the first poll after the device came back (before_agent is set too)
     lost: bool = False  # closed at a restart without any data (no longer in progress)
 
 
@@ -85,7 +86,8 @@ class StationAssembler:
         self.unit: _Unit | None = None
         self.units_done = 0
         self.pending: resume.OpenUnit | None = None  # a unit a previous agent left open, resolved at the first poll
-        self._first = True  # no good value of the start tag seen yet since the agent started
+        self._first = True  # no good value of the start tag seen yet since the agent started (or the device came back)
+        self._after_loss = False  # _first was re-armed by a lost device, not by the agent's start
         self._closed_serial: str | None = None  # a left-open unit closed at the restart: not opened again
 
     # -- feeding --------------------------------------------------------------------------
@@ -111,11 +113,17 @@ class StationAssembler:
         if self.pending is not None and all(quality[i] == Quality.BAD for i in idx.values()):
             self._resolve(None, ts, units, events, f"device {batch.device} unreachable: "
                           + next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data"))
-        # A device that is gone ends the unit in progress: its data cannot be complete.
-        if self.unit is not None and all(quality[i] == Quality.BAD for i in idx.values()):
-            reason = next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data")
-            self._close(ts, units, events, incomplete=f"device {batch.device} lost mid-cycle: {reason}")
+        # A device that is gone ends the unit in progress: its data cannot be complete. When it comes
+        # back, its first poll is treated like the agent's first: a unit under way then is recorded
+        # from there (its start unseen), never dropped; the unit just closed is not opened again.
+        if all(quality[i] == Quality.BAD for i in idx.values()):
+            if self.unit is not None:
+                reason = next((batch.reason[i] for i in idx.values() if batch.reason[i]), "no data")
+                self._closed_serial = self.unit.serial
+                self._close(ts, units, events, incomplete=f"device {batch.device} lost mid-cycle: {reason}")
             self._prev.clear()
+            if not self._first:
+                self._first, self._after_loss = True, True
             return units, events
 
         fired_end = self.end is not None and self._fired(self.end, idx, values, good)
@@ -130,6 +138,7 @@ class StationAssembler:
             if self.unit is None and resume.in_progress_at_first_poll(self.cfg, self._current) \
                     and (self._closed_serial is None or self._serial() != self._closed_serial):
                 self._open(ts, events, before_agent=True)
+            self._after_loss = False
 
         if self.unit is not None and (fired_end or (self.end is None and fired_start)):
             self._feed_end_values(idx, values, quality, batch.reason, ts)
@@ -187,6 +196,7 @@ class StationAssembler:
             params=[_ParamState(p) for p in cfg.parameters],
             seen_from=ts if before_agent else None,
             before_agent=before_agent,
+            after_loss=before_agent and self._after_loss,
         )
         if serial is None:
             self.unit.incomplete.append("serial number unknown at unit start")
@@ -194,7 +204,10 @@ class StationAssembler:
                     if t is not None and t.tag in self._current}
         data = {"serial": serial, "lot": self.unit.lot, "operator": operator, "started_at": ts,
                 "triggers": triggers, "config_version": self.config_version}
-        if before_agent:
+        if self.unit.after_loss:
+            data["started_while_device_lost"] = True
+            log.info("unit already under way when the device came back", station=cfg.name, serial=serial)
+        elif before_agent:
             data["started_before_agent"] = True
             log.info("unit already under way at the agent's start", station=cfg.name, serial=serial)
         events.append(Event("unit_started", ts, cfg.device, cfg.name, data))
@@ -316,6 +329,8 @@ class StationAssembler:
             reasons = unit.incomplete
         elif verdict == "incomplete" and unit.interrupted:
             reasons.insert(0, "agent restarted mid-cycle: no data from {from} to {to}".format(**unit.interrupted))
+        elif verdict == "incomplete" and unit.after_loss:
+            reasons.insert(0, f"unit started while device {self.cfg.device} was unreachable: its start was not seen")
         elif verdict == "incomplete" and unit.before_agent:
             reasons.insert(0, "unit started before the agent: its start was not seen")
         ended = None if unit.lost else ts
@@ -336,7 +351,9 @@ class StationAssembler:
         }
         if unit.interrupted:
             record["interrupted"] = unit.interrupted
-        if unit.before_agent:
+        if unit.after_loss:
+            record["started_while_device_lost"] = True
+        elif unit.before_agent:
             record["started_before_agent"] = True
         units.append(record)
         self.units_done += 1

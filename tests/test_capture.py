@@ -122,6 +122,23 @@ def test_device_lost_mid_cycle_gives_incomplete_unit_and_event():
     assert units == []
 
 
+@pytest.mark.parametrize("lost_during", ["a unit", "idle"])
+def test_unit_under_way_when_the_device_comes_back_is_recorded(lost_during):
+    """Found by the soak: the device came back mid-cycle of a new unit, which got no record at all."""
+    st = station()
+    first = [poll(0, False), poll(1, True)] if lost_during == "a unit" else [poll(0, False), poll(1, True), poll(2, False)]
+    units, events = run(st, [*first, poll(2.5, False, bad="connection refused"),
+                             poll(4, True, serial="SN-2"), poll(5, True, serial="SN-2"), poll(6, False, serial="SN-2")],
+                        started=True)
+    assert [u["serial"] for u in units] == ["SN-1", "SN-2"]
+    second = units[1]
+    assert second["started_while_device_lost"] is True and "started_before_agent" not in second
+    assert second["started_at"] == 4_000_000 and second["cycle_time"] is None
+    assert second["verdict"] == "incomplete" and "unreachable" in second["reasons"][0]
+    started = [e for e in events if e.kind == "unit_started"]
+    assert [e.data["serial"] for e in started] == ["SN-1", "SN-2"] and started[1].data["started_while_device_lost"]
+
+
 def test_unit_that_never_ends_times_out_as_incomplete():
     st = station(timeout="2s")
     units, events = run(st, [poll(0, False), poll(1, True), poll(2, True), poll(3.5, True)])
