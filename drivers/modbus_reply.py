@@ -113,6 +113,12 @@ class ReplyGuard:
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
         self._inner = ctx.callback_data
+        # pymodbus' transport drops its whole receive buffer once it holds more than one frame's
+        # size (264 bytes): a late reply and the current one arriving together (two 133-byte
+        # frames) would both be lost. This guard consumes every whole frame at once, so the
+        # buffer only ever holds one partial frame plus what the socket just read.
+        if getattr(ctx, "max_buffer_size", 0) < 1 << 16:
+            ctx.max_buffer_size = 1 << 16
         self.expected: Expected | None = None
         self._stale: deque[int] = deque(maxlen=16)  # requests given up on: their late replies are dropped
         self.late_reply: int | None = None  # tid of a late reply dropped while the current request waited
