@@ -20,6 +20,7 @@ Faults (`fault(mode, every=1)`: every Nth reply from now on; `fault(None)`: none
     exception_other  an exception reply for another function (0x84 to a function-3 request)
     garbage      16 bytes that are not a Modbus TCP frame (protocol id 0x4142)
     late         the right reply, `late_by` seconds late
+    dribble      the right reply, one byte per TCP write (a slow serial gateway)
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class RawModbusServer:
             out = out[:20]
         elif mode == "garbage":
             out = b"\x00\x01AB\x00\x0a" + bytes(range(10))
+        if mode == "dribble":
+            for i in range(len(out)):
+                writer.write(out[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            return
         writer.write(out)
         await writer.drain()
 

@@ -260,3 +260,19 @@ async def test_agent_end_to_end_wrong_replies_never_arrive_as_good(tmp_path, bro
     assert status["devices"]["press-line-3"]["counters"]["rejected_replies"] == counters["rejected_replies"]
     assert "counters" not in status["devices"]["sealer-2"] or \
         status["devices"]["sealer-2"]["counters"]["rejected_replies"] == 0
+
+
+async def test_a_reply_in_one_byte_pieces_is_good(raw_server, driver) -> None:
+    raw_server.fault("dribble")
+    assert never_wrong(await driver.read()) == (6, 0)
+    assert driver.counters["rejected_replies"] == 0
+
+
+async def test_the_guard_fits_this_pymodbus() -> None:
+    """The guard sits on pymodbus internals; a pymodbus that moved them fails here, not silently."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=1)
+    guard = modbus_reply.ReplyGuard.install(client)
+    assert guard is not None and client.ctx.callback_data == guard.callback_data
+    assert client.ctx.max_buffer_size >= 1 << 16
