@@ -52,6 +52,7 @@ class DeviceStatus:
     batches: int = 0
     samples: int = 0
     last_batch: SampleBatch | None = None  # the latest committed read (for live views; no per-sample copy)
+    counters: dict[str, int] = field(default_factory=dict)  # the driver's own (e.g. rejected replies), live
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class Agent:
         name = device_cfg.name
         status = self.stats.devices[name]
         driver = create_driver(device_cfg)
+        status.counters = driver.counters
         backoff = Backoff(self.config.reconnect.min, self.config.reconnect.max)
         ever_connected = False
         while True:
@@ -476,7 +478,8 @@ class Agent:
                 "file_size": await self.buffer.file_size(),
                 "gaps": await self.buffer.gaps(),
                 "streams": [dataclasses.asdict(s) for s in streams],
-                "devices": {n: {"state": d.state, "reason": d.reason, "samples": d.samples}
+                "devices": {n: {"state": d.state, "reason": d.reason, "samples": d.samples,
+                                **({"counters": dict(d.counters)} if d.counters else {})}
                             for n, d in self.stats.devices.items()},
                 "mqtt": dataclasses.asdict(self.forwarder.stats) if self.forwarder is not None else None,
             }

@@ -87,7 +87,8 @@ def print_status(cfg: LineConfig) -> int:
                    f"({cfg.buffer.max_size / 1e6:.0f} MB)")
     for name, dev in (doc.get("devices") or {}).items():
         reason = f" ({dev['reason']})" if dev.get("reason") else ""
-        typer.echo(f"device {name}: {dev['state']}{reason}, {dev['samples']} samples since start")
+        counts = "".join(f", {v} {k.replace('_', ' ')}" for k, v in (dev.get("counters") or {}).items() if v)
+        typer.echo(f"device {name}: {dev['state']}{reason}, {dev['samples']} samples since start{counts}")
     mqtt = doc.get("mqtt")
     if mqtt:
         typer.echo(f"mqtt: {'connected' if mqtt.get('connected') else 'NOT connected'}, "

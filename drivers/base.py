@@ -79,6 +79,8 @@ class Driver(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: counts the agent shows in its status file (e.g. rejected replies), kept over reconnects
+        self.counters: dict[str, int] = {}
 
     @property
     @abstractmethod

@@ -37,6 +37,7 @@ from linetap.agent.records import Quality, SampleBatch, now_us
 from linetap.config.units import Duration
 
 from .base import DeviceUnreachable, PollingDriver, describe_os_error
+from .modbus_reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for
 
 log = structlog.get_logger("linetap.drivers.modbus")
 
@@ -425,6 +426,8 @@ class ModbusDriver(PollingDriver):
         self._failures: dict[tuple[str, int, int], str] = {}  # block -> failure kind being reported
         self._silent_polls = 0
         self._where = f"{config.host}:{config.port}"
+        self._guard: ReplyGuard | None = None
+        self.rejects = RejectedReplies(config.name, self._where, self.counters)
 
     @property
     def tag_names(self) -> list[str]:
@@ -441,6 +444,10 @@ class ModbusDriver(PollingDriver):
             name=f"linetap-{cfg.name}",
         )
         self._capture_errors(client)
+        self._guard = ReplyGuard.install(client)
+        if self._guard is None:
+            log.warning("pymodbus internals changed: replies are checked only after pymodbus decoded them "
+                        "(unit and transaction ids unchecked)", device=cfg.name)
         self._connect_error = None
         self._lost_cause = None
         try:
@@ -531,6 +538,14 @@ class ModbusDriver(PollingDriver):
                     bi -= 1  # read the smaller blocks now, in this poll
                     answered += 1
                     continue
+                if failure.kind == "rejected":
+                    answered += 1  # the device answered, but not this request
+                    timeouts_in_row = 0
+                    if self.rejects.rejected(block.describe(), failure.reason):
+                        raise self._lost(self.rejects.reset_reason(failure.reason)) from None
+                    quality[first:last] = [Quality.BAD] * (last - first)
+                    reason[first:last] = [failure.reason] * (last - first)
+                    continue
                 if failure.kind == "timeout":
                     timeouts_in_row += 1
                     if not client.connected:
@@ -541,12 +556,14 @@ class ModbusDriver(PollingDriver):
                 else:
                     answered += 1  # the device did answer, with an error
                     timeouts_in_row = 0
+                    self.rejects.answered()
                 self._report(block, failure.kind, failure.reason)
                 quality[first:last] = [Quality.BAD] * (last - first)
                 reason[first:last] = [failure.reason] * (last - first)
                 continue
             answered += 1
             timeouts_in_row = 0
+            self.rejects.answered()
             if self._failures and (key := (block.table, block.address, block.count)) in self._failures:
                 log.info("modbus block recovered", device=self.name, block=block.describe(),
                          after=self._failures.pop(key))
@@ -588,6 +605,10 @@ class ModbusDriver(PollingDriver):
         cfg = self.config
         kwargs = {"count": block.count, "device_id": cfg.unit_id}
         table = block.table
+        expected = expected_for(table, block.count, cfg.unit_id)
+        guard = self._guard
+        if guard is not None:
+            guard.expect(expected)
         if table == "holding":
             call = client.read_holding_registers(block.address, **kwargs)
         elif table == "input":
@@ -600,7 +621,17 @@ class ModbusDriver(PollingDriver):
             async with asyncio.timeout(cfg.timeout):
                 response = await call
         except TimeoutError:
-            raise _BlockFailure("timeout", f"timed out after {cfg.timeout:g}s") from None
+            if guard is None:
+                raise _BlockFailure("timeout", f"timed out after {cfg.timeout:g}s") from None
+            guard.timed_out()
+            if guard.partial is not None:
+                got, size = guard.partial
+                of = f" of {size}" if size else ""
+                raise _BlockFailure("rejected", f"incomplete reply: {got}{of} bytes within {cfg.timeout:g}s") from None
+            late = " (only a late reply to an earlier request came)" if guard.late_reply is not None else ""
+            raise _BlockFailure("timeout", f"timed out after {cfg.timeout:g}s{late}") from None
+        except ReplyRejected as err:
+            raise _BlockFailure("rejected", str(err)) from None
         except _Disconnected as err:
             raise self._lost(f"{err} while waiting for {block.describe()}") from None
         except ConnectionException as err:
@@ -615,6 +646,8 @@ class ModbusDriver(PollingDriver):
             raise self._lost(_describe_os_error(err, cfg.timeout)) from None
         if response is None:
             raise _BlockFailure("malformed", "no response object")
+        if (why := check_response(response, expected)) is not None:
+            raise _BlockFailure("rejected", why)
         if response.isError():
             code = getattr(response, "exception_code", 0)
             name = EXCEPTION_NAMES.get(code, "unknown exception code")
@@ -627,16 +660,14 @@ class ModbusDriver(PollingDriver):
         if block.table in BIT_TABLES:
             bits = response.bits
             if len(bits) < block.count:
-                raise _BlockFailure("malformed", f"short response: {len(bits)} of {block.count} bits")
+                raise _BlockFailure("rejected", f"reply with {len(bits) // 8} bytes for {block.count} bits")
             picked = plan.pick(bits)
             out = [picked] if plan.single else list(picked)
             out = [bool(v) for v in out] if not isinstance(out[0], bool) else out
         else:
             regs = response.registers
             if len(regs) != block.count:
-                raise _BlockFailure("malformed", f"short response: {len(regs)} of {block.count} registers"
-                                    if len(regs) < block.count else
-                                    f"wrong response size: {len(regs)} registers for {block.count} requested")
+                raise _BlockFailure("rejected", f"reply with {2 * len(regs)} bytes for {block.count} registers")
             try:
                 data = plan.regs_struct.pack(*regs)
             except struct.error as err:

@@ -270,7 +270,7 @@ async def test_short_response_is_bad_with_the_reason(modbus_sim, driver_for) -> 
     driver = await driver_for([*STATION_TAGS, {"name": "flag", "table": "coil", "address": 1000, "type": "bool"}])
     modbus_sim.short_responses(2)
     got = by_name(await driver.read())
-    assert got["temperature"] == (None, Quality.BAD, "short response: 30 of 32 registers")
+    assert got["temperature"] == (None, Quality.BAD, "reply with 60 bytes for 32 registers")
     assert got["flag"] == (True, Quality.GOOD, None)
     modbus_sim.short_responses(0)
     assert set((await driver.read()).quality) == {Quality.GOOD}
