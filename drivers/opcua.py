@@ -395,6 +395,9 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
     client.name = client.description = f"linetap {name}"
     client.application_uri = f"urn:linetap:{name}"
     client.session_timeout = 60_000
+    from linetap.drivers.opcua_errors import record_server_errors
+
+    server_errors = record_server_errors(client)
     try:
         if security.policy != "None":
             await _apply_security(client, security, timeout, where)
@@ -411,21 +414,25 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
         await _quiet_disconnect(client)
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise _connect_error(where, exc, timeout, security) from None
+        raise _connect_error(where, exc, timeout, security, server_errors) from None
     return client
 
 
-def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity) -> DriverError:
+def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity,
+                   server_errors: dict | None = None) -> DriverError:
     from asyncua import ua
 
+    from linetap.drivers.opcua_errors import security_cause, status_of
+
     cause = describe_error(exc, timeout)
-    if isinstance(exc, ua.UaStatusCodeError):
-        name = status_name(getattr(exc, "code", 0))
-        if name.startswith(("BadUser", "BadIdentity")) and not security.username:
-            cause = f"{name}: the server refuses anonymous users; set security.username and password"
-        if name.startswith(("BadUser", "BadIdentity", "BadCertificate", "BadSecurity")):
+    name = status_of(exc, server_errors or {})
+    if name is not None:
+        specific = security_cause(name, security)
+        if specific is not None:
             # a configuration problem: retrying as-is will not help, but it is not the network
-            return DriverError(f"cannot connect to {where}: {cause}")
+            return DriverError(f"cannot connect to {where}: {specific}")
+        if not isinstance(exc, ua.UaStatusCodeError):
+            cause = describe_error(ua.UaStatusCodeError(server_errors["status"].value), timeout)
     elif isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
         login = f"user {security.username}" if security.username else "anonymous"
         return DeviceConfigError(f"cannot connect to {where}: the server offers no endpoint for security policy "
@@ -719,23 +726,30 @@ class OpcUaDriver(Driver):
                     ref = ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
                 self._nodeids[i] = ref
             else:
-                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache)
+                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache, ns_array)
                 if err:
                     self._resolve_errors[i] = f"BadNoMatch: browse path {tag.node!r}: {err}"
                 self._nodeids[i] = nodeid
 
-    async def _walk_path(self, client, segments, default_ns, cache) -> tuple[Any, str | None]:
+    async def _walk_path(self, client, segments, default_ns, cache, ns_array) -> tuple[Any, str | None]:
         from asyncua import ua
 
+        from linetap.drivers.opcua_identity import ambiguity, path_text
+
         current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
-        for ns, name in segments:
+        for k, (ns, name) in enumerate(segments, 1):
             ns = default_ns if ns is None else ns
             children = cache.get(current)
             if children is None:
                 refs = await client.get_node(current).get_children_descriptions()
                 children = [(r.BrowseName.NamespaceIndex, r.BrowseName.Name, r.NodeId) for r in refs]
                 cache[current] = children
-            matches = [nid for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
+            hits = [(cns, nid) for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
+            matches = [nid for _, nid in hits]
+            if ns is None:
+                text = ambiguity(path_text(segments, k), (cns for cns, _ in hits), ns_array)
+                if text:
+                    raise DeviceConfigError(f"{self._where}: {text}")
             if not matches:
                 return None, f"no child {name!r} under {current.to_string()}"
             current = matches[0]
