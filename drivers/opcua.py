@@ -595,6 +595,9 @@ class OpcUaDriver(Driver):
         self._nodeids: list[Any] = []  # resolved ua.NodeId per tag (None: unresolved)
         self._resolve_errors: dict[int, str] = {}
         self._item_errors: dict[int, str] = {}
+        from linetap.drivers.opcua_types import TypeGuard
+
+        self._types = TypeGuard(len(config.tags))  # the type each tag's values must have
         self._limits: dict[str, int] = {}
         self._subscription_id: int | None = None
         self._revised_publishing_interval: float | None = None
@@ -645,6 +648,7 @@ class OpcUaDriver(Driver):
         try:
             self._limits = await read_operation_limits(client)
             await self._resolve_nodes(client)
+            await self._read_datatypes(client)
             if cfg.read_units:
                 await self._read_units(client)
             if cfg.mode == "subscribe":
@@ -730,6 +734,26 @@ class OpcUaDriver(Driver):
                 if err:
                     self._resolve_errors[i] = f"BadNoMatch: browse path {tag.node!r}: {err}"
                 self._nodeids[i] = nodeid
+
+    async def _read_datatypes(self, client) -> None:
+        """Each node's DataType and ValueRank (Read), for the type check of every value."""
+        from asyncua import ua
+
+        from linetap.drivers.opcua_types import TypeGuard, expected_kind
+
+        self._types = TypeGuard(len(self._names))
+        todo = [i for i, nid in enumerate(self._nodeids) if nid is not None]
+        for chunk in _chunks(todo, self._per_call("MaxNodesPerRead")):
+            nodes = [self._nodeids[i] for i in chunk]
+            try:
+                dts = await client.uaclient.read_attributes(nodes, ua.AttributeIds.DataType)
+                vrs = await client.uaclient.read_attributes(nodes, ua.AttributeIds.ValueRank)
+            except ua.UaStatusCodeError:
+                continue  # held to the first value seen
+            for i, dt, vr in zip(chunk, dts, vrs, strict=False):
+                dtype = dt.Value.Value if dt.Value is not None and dt.StatusCode.is_good() else None
+                rank = vr.Value.Value if vr.Value is not None and vr.StatusCode.is_good() else None
+                self._types.declared[i] = expected_kind(dtype, rank if isinstance(rank, int) else None)
 
     async def _walk_path(self, client, segments, default_ns, cache, ns_array) -> tuple[Any, str | None]:
         from asyncua import ua
@@ -822,9 +846,11 @@ class OpcUaDriver(Driver):
             quality: list[int] = []
             reason: list[str | None] = []
             source: list[int | None] = []
+            check = self._types.check
             for h, (v, q, r, s) in changes:
                 h -= 1
                 if 0 <= h < n_names:
+                    v, q, r = check(h, v, q, r)
                     tags.append(names[h])
                     values.append(v)
                     quality.append(q)
@@ -942,6 +968,7 @@ class OpcUaDriver(Driver):
                 raise self._lost(describe_error(exc, self.config.timeout)) from None
             for i, dv in zip(chunk, results, strict=False):
                 values[i], quality[i], reason[i], source[i] = convert(dv)
+                values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i])
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts, source_ts=source)
 

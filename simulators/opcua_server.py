@@ -508,14 +508,23 @@ class OpcUaStationServer(ServedStation):
         self._served.clear()
         await self._update()
 
-    async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good) -> None:
-        """Write station variable `name` once (freeze it first, or the model overwrites it)."""
+    async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good,
+                    vtype: ua.VariantType | None = None) -> None:
+        """Write station variable `name` once (freeze it first, or the model overwrites it).
+        `vtype`: send the value as another Variant type than the node's DataType (a faulty PLC)."""
         self._check_name(name)
         assert self._server is not None
-        vtype = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+        declared = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+        vtype = declared if vtype is None else vtype
         now = _dt.datetime.now(_dt.UTC)
-        await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
-            ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+        aspace = self._server.iserver.aspace
+        if vtype != declared:  # asyncua's address space refuses it; a faulty server does not
+            aspace._is_expected_variant_type = lambda *_a: True
+        try:
+            await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
+                ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+        finally:
+            aspace.__dict__.pop("_is_expected_variant_type", None)
 
     def _check_name(self, name: str) -> None:
         if name not in {b for b, *_ in STATION_VARIABLES}:
