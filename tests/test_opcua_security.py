@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
@@ -190,3 +191,27 @@ async def test_browse_reports_certificate_rejection_in_words(strict_sim, opcua_p
         await browse_async(strict_sim.endpoint, security=_rogue(opcua_pki))
     msg = str(err.value)
     assert "AssertionError" not in msg and "does not trust linetap's certificate" in msg, msg
+
+
+async def test_agent_reports_the_rejection_in_the_event_and_bad_samples(tmp_path, broker, capture, strict_sim,
+                                                                        opcua_pki):
+    """The agent end to end: the device_state event and the bad samples carry the cause and the fix."""
+    from agent_helpers import line_config, payloads, running_agent
+
+    from linetap.simulators.opcua_server import STATION_OPCUA_TAGS
+
+    device = {"protocol": "opcua", "name": "sealer1", "endpoint": strict_sim.endpoint, "timeout": "2s",
+              "tags": STATION_OPCUA_TAGS, "security": _rogue(opcua_pki)}
+    want = f"trust `{opcua_pki['rogue_cert'].resolve()}` on the server"
+
+    def events(m):
+        return [d for d in payloads(m, "/events") if want in orjson.dumps(d).decode()]
+
+    def bad(m):
+        return [d for d in payloads(m, "/telemetry") if want in orjson.dumps(d).decode()]
+
+    async with running_agent(line_config(tmp_path, broker, [device])):
+        await capture.until(lambda m: events(m) and bad(m), timeout=20)
+    text = orjson.dumps(payloads(capture.messages, "/events") + payloads(capture.messages, "/telemetry")).decode()
+    assert "AssertionError" not in text
+    assert "BadSecurityChecksFailed" in text
