@@ -771,7 +771,7 @@ class OpcUaDriver(Driver):
             hits = [(cns, nid) for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
             matches = [nid for _, nid in hits]
             if ns is None:
-                text = ambiguity(path_text(segments, k), (cns for cns, _ in hits), ns_array)
+                text = ambiguity(path_text(segments), (cns for cns, _ in hits), ns_array, at=path_text(segments, k))
                 if text:
                     raise DeviceConfigError(f"{self._where}: {text}")
             if not matches:

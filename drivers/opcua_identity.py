@@ -12,14 +12,16 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def ambiguity(path: str, namespaces: Iterable[int], ns_array: list[str]) -> str | None:
-    """The error text when the matches of `path` span more than one namespace index, else None."""
+def ambiguity(path: str, namespaces: Iterable[int], ns_array: list[str], at: str | None = None) -> str | None:
+    """The error text when the matches of `path` span more than one namespace index, else None.
+    `at`: the first segment(s) where the namespaces diverge, when shorter than `path`."""
     idx = sorted(set(namespaces))
     if len(idx) <= 1:
         return None
+    where = f" (from `{at}` on)" if at and at != path else ""
     named = [f"{ns_array[i] if i < len(ns_array) else '?'} ({i})" for i in idx]
     listed = ", ".join(named[:-1]) + f" and {named[-1]}"
-    return (f"`{path}` exists in namespaces {listed}: set `namespace:` on the device or use an `nsu=` "
+    return (f"`{path}` exists in namespaces {listed}{where}: set `namespace:` on the device or use an `nsu=` "
             "node id (browse roots: `nsu=` or `<index>:Name` segments)")
 
 

@@ -102,7 +102,7 @@ async def test_ambiguous_browse_path_is_a_config_error_naming_namespaces(decoy_s
     with pytest.raises(DeviceConfigError) as err:
         await driver.connect()
     msg = str(err.value)
-    assert "sealer1" in msg and "`Line` exists in namespaces" in msg, msg
+    assert "sealer1" in msg and "`Line/Sealer1/Temperature` exists in namespaces" in msg, msg
     assert f"{DECOY_URI} ({decoy_sim.decoy_ns})" in msg and f"{NAMESPACE_URI} ({decoy_sim.ns})" in msg, msg
     assert "set `namespace:` on the device or use an `nsu=` node id" in msg
 
