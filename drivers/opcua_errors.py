@@ -3,8 +3,10 @@
 asyncua loses the server's reason in some refusals: an OPC UA ErrorMessage in answer to
 OpenSecureChannel (how open62541, Prosys and most PLC servers refuse an untrusted client
 certificate: `BadSecurityChecksFailed`) disconnects the socket, and the waiting call then fails
-on an internal `assert` (`AssertionError`) or a bare `ConnectionError`. `record_server_errors`
-keeps the ErrorMessage status per client, and `security_cause` turns it (or a status code
+on an internal `assert` (`AssertionError`) or a bare `ConnectionError`. Other servers answer
+OpenSecureChannel with a ServiceFault, which asyncua takes for the channel response and then fails
+on the same `assert`. `record_server_errors` keeps the ErrorMessage / ServiceFault status per client
+(and turns the ServiceFault into its status code), and `security_cause` turns it (or a status code
 error) into one sentence naming the cause and the fix.
 """
 
@@ -39,6 +41,15 @@ def record_server_errors(client: Any) -> dict[str, Any]:
             if isinstance(msg, ua.ErrorMessage) and msg.Error is not None:
                 seen["status"] = msg.Error
                 seen["reason"] = msg.Reason
+            elif isinstance(msg, ua.Message) and isinstance(msg.SecurityHeader(), ua.AsymmetricAlgorithmHeader):
+                status = _channel_fault(msg)
+                if status is not None:
+                    # A ServiceFault answering OpenSecureChannel: asyncua would hand
+                    # it to open_secure_channel as if it were the response and fail on its `assert`.
+                    # Raised here, asyncua's receive loop fails the pending request with the status.
+                    seen["status"] = status
+                    seen["reason"] = "ServiceFault in answer to OpenSecureChannel"
+                    raise ua.UaStatusCodeError(status.value)
             return inner(msg)
 
         protocol._process_received_message = process
@@ -46,6 +57,21 @@ def record_server_errors(client: Any) -> dict[str, Any]:
 
     uaclient._make_protocol = make_protocol
     return seen
+
+
+def _channel_fault(msg: Any) -> Any:
+    """The ServiceResult of a ServiceFault carried by an OpenSecureChannel message, else None."""
+    from asyncua import ua
+    from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
+
+    body = msg.body()
+    try:
+        if nodeid_from_binary(body) != ua.FourByteNodeId(ua.ObjectIds.ServiceFault_Encoding_DefaultBinary):
+            return None
+        status = struct_from_binary(ua.ResponseHeader, body).ServiceResult
+    except Exception:  # noqa: BLE001 - not a ServiceFault we can read: asyncua decides
+        return None
+    return status if status is not None and not status.is_good() else None
 
 
 def status_of(exc: BaseException | None, seen: dict[str, Any]) -> str | None:

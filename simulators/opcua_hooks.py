@@ -4,7 +4,8 @@
   `"OpenSecureChannelRequest"` / `"CloseSecureChannelRequest"`, so a test can prove the agent only reads.
 - `channel_trust`: refuse an untrusted client certificate at OpenSecureChannel with an OPC UA
   ErrorMessage `BadSecurityChecksFailed` and close the socket, as open62541, Prosys and most PLC
-  servers do (asyncua's server answers CreateSession with a ServiceFault instead).
+  servers do (asyncua's server answers CreateSession with a ServiceFault instead); with
+  `channel_reply = "fault"`, with a ServiceFault as the OpenSecureChannel response, as other servers do.
 
 Both are attributes of the simulator's internal server (None: off); the patch is installed once.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from asyncua import ua
 from asyncua.server.uaprocessor import UaProcessor
-from asyncua.ua.ua_binary import uatcp_to_binary
+from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 
 _installed = False
 
@@ -51,6 +52,14 @@ def install() -> None:
         if trust is not None and sender and not self._connection.is_open():
             from asyncua.client.client import _first_cert_from_chain
 
+            if _first_cert_from_chain(sender) not in trust and getattr(self.iserver, "channel_reply", "") == "fault":
+                # answered inside the secure channel: a signed/encrypted ServiceFault as the OPN response
+                request = struct_from_binary(ua.OpenSecureChannelRequest, body)
+                self._connection.select_policy(algohdr.SecurityPolicyURI, sender, request.Parameters.SecurityMode)
+                fault = ua.ServiceFault()
+                fault.ResponseHeader.ServiceResult = ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed)
+                self.send_response(request.RequestHeader.RequestHandle, seqhdr, fault, ua.MessageType.SecureOpen)
+                return
             if _first_cert_from_chain(sender) not in trust:
                 err = ua.ErrorMessage(ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed),
                                       "certificate not trusted")

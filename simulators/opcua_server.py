@@ -227,8 +227,9 @@ class OpcUaStationServer(ServedStation):
         self.users = users
         self.trust_dir = trust_dir
         self.application_uri = application_uri
-        if reject_untrusted_at not in ("session", "channel"):
-            raise ValueError("reject_untrusted_at is 'session' (asyncua's way) or 'channel' (ErrorMessage)")
+        if reject_untrusted_at not in ("session", "channel", "channel_fault"):
+            raise ValueError("reject_untrusted_at is 'session' (asyncua's way), 'channel' (ErrorMessage) or "
+                             "'channel_fault' (ServiceFault as the OpenSecureChannel response)")
         self.reject_untrusted_at = reject_untrusted_at
         # every service request type received (see simulators/opcua_hooks.py), when record_services
         self.service_log: list[str] | None = [] if record_services else None
@@ -301,8 +302,9 @@ class OpcUaStationServer(ServedStation):
             await store.load()
             server.set_certificate_validator(CertificateValidator(
                 CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
-        if self.trust_dir is not None and self.reject_untrusted_at == "channel":
+        if self.trust_dir is not None and self.reject_untrusted_at in ("channel", "channel_fault"):
             iserver.channel_trust = _trusted_ders(Path(self.trust_dir))
+            iserver.channel_reply = "fault" if self.reject_untrusted_at == "channel_fault" else "error"
         from linetap.simulators import opcua_hooks
 
         opcua_hooks.install()

@@ -215,3 +215,39 @@ async def test_agent_reports_the_rejection_in_the_event_and_bad_samples(tmp_path
     text = orjson.dumps(payloads(capture.messages, "/events") + payloads(capture.messages, "/telemetry")).decode()
     assert "AssertionError" not in text
     assert "BadSecurityChecksFailed" in text
+
+
+@pytest.fixture
+async def fault_sim(opcua_pki):
+    """Answers OpenSecureChannel from an untrusted client with a ServiceFault BadSecurityChecksFailed
+    (inside the secure channel), which asyncua alone reports as a bare AssertionError."""
+    server = OpcUaStationServer(StationModel(seed=5), port=0, certificate=opcua_pki["server_cert"],
+                                private_key=opcua_pki["server_key"], secure_only=True, users=USERS,
+                                trust_dir=opcua_pki["trusted_clients"], reject_untrusted_at="channel_fault")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_service_fault_answering_open_secure_channel_names_the_cert(fault_sim, opcua_pki):
+    from linetap.agent.browse import browse_async
+
+    want = f"the server does not trust linetap's certificate: trust `{opcua_pki['rogue_cert'].resolve()}` on the server"
+    driver = make_driver(fault_sim.endpoint, security=_rogue(opcua_pki))
+    with pytest.raises(DriverError) as err:
+        await driver.connect()
+    msg = str(err.value)
+    assert not isinstance(err.value, DeviceUnreachable), msg
+    assert "AssertionError" not in msg and "BadSecurityChecksFailed" in msg and want in msg, msg
+    with pytest.raises(DriverError) as err:
+        await browse_async(fault_sim.endpoint, security=_rogue(opcua_pki))
+    assert "AssertionError" not in str(err.value) and want in str(err.value), str(err.value)
+    # a trusted client still connects through the same server
+    driver = make_driver(fault_sim.endpoint, mode="poll", poll_interval="100ms", security=security(opcua_pki))
+    await driver.connect()
+    try:
+        assert await collect(driver, 3.0, until=lambda bs: bool(bs))
+    finally:
+        await driver.close()
