@@ -124,10 +124,16 @@ async def _resolve_root(client, root: str | None, ns_array: list[str]):
             return ua.NodeId(ref.Identifier, ns_array.index(uri), ref.NodeIdType)
         return ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
     current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
-    for ns, name in ref:
+    from linetap.drivers.opcua_identity import ambiguity, path_text
+
+    for k, (ns, name) in enumerate(ref, 1):
         children = await client.get_node(current).get_children_descriptions()
-        match = [c.NodeId for c in children if c.BrowseName.Name == name and (ns is None or
-                                                                             c.BrowseName.NamespaceIndex == ns)]
+        hits = [c for c in children if c.BrowseName.Name == name and (ns is None or
+                                                                      c.BrowseName.NamespaceIndex == ns)]
+        match = [c.NodeId for c in hits]
+        text = ambiguity(path_text(ref, k), (c.BrowseName.NamespaceIndex for c in hits), ns_array)
+        if text:
+            raise DeviceConfigError(f"root {root!r}: {text}")
         if not match:
             raise DeviceConfigError(f"root {root!r}: no {name!r} under {current.to_string()}")
         current = ua.NodeId(match[0].Identifier, match[0].NamespaceIndex, match[0].NodeIdType)
@@ -214,6 +220,15 @@ def _yaml(endpoint: str, root: str | None, depth: int, ns_array: list[str], vari
     ]
     if not variables:
         lines[-1] = "tags: []"
+    from linetap.drivers.opcua_identity import duplicate_paths
+
+    dups = duplicate_paths(variables)
+    if dups:
+        first, idx = next(iter(dups.items()))
+        where = " and ".join(f"{ns_array[i]} ({i})" for i in idx)
+        warn = [f"# WARNING: {len(dups)} browse path(s) exist in more than one namespace, e.g. {first} in {where};",
+                "# keep the nsu= node ids below: a browse path without a namespace would be ambiguous."]
+        lines[-1:-1] = warn
     used: set[str] = set()
     for (path, nodeid), dtype, rank, unit in zip(variables, types, ranks, units, strict=False):
         lines.append(f"  - name: {_tag_name(path, used)}")

@@ -395,6 +395,9 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
     client.name = client.description = f"linetap {name}"
     client.application_uri = f"urn:linetap:{name}"
     client.session_timeout = 60_000
+    from linetap.drivers.opcua_errors import record_server_errors
+
+    server_errors = record_server_errors(client)
     try:
         if security.policy != "None":
             await _apply_security(client, security, timeout, where)
@@ -411,21 +414,25 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
         await _quiet_disconnect(client)
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise _connect_error(where, exc, timeout, security) from None
+        raise _connect_error(where, exc, timeout, security, server_errors) from None
     return client
 
 
-def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity) -> DriverError:
+def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity,
+                   server_errors: dict | None = None) -> DriverError:
     from asyncua import ua
 
+    from linetap.drivers.opcua_errors import security_cause, status_of
+
     cause = describe_error(exc, timeout)
-    if isinstance(exc, ua.UaStatusCodeError):
-        name = status_name(getattr(exc, "code", 0))
-        if name.startswith(("BadUser", "BadIdentity")) and not security.username:
-            cause = f"{name}: the server refuses anonymous users; set security.username and password"
-        if name.startswith(("BadUser", "BadIdentity", "BadCertificate", "BadSecurity")):
+    name = status_of(exc, server_errors or {})
+    if name is not None:
+        specific = security_cause(name, security)
+        if specific is not None:
             # a configuration problem: retrying as-is will not help, but it is not the network
-            return DriverError(f"cannot connect to {where}: {cause}")
+            return DriverError(f"cannot connect to {where}: {specific}")
+        if not isinstance(exc, ua.UaStatusCodeError):
+            cause = describe_error(ua.UaStatusCodeError(server_errors["status"].value), timeout)
     elif isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
         login = f"user {security.username}" if security.username else "anonymous"
         return DeviceConfigError(f"cannot connect to {where}: the server offers no endpoint for security policy "
@@ -588,6 +595,9 @@ class OpcUaDriver(Driver):
         self._nodeids: list[Any] = []  # resolved ua.NodeId per tag (None: unresolved)
         self._resolve_errors: dict[int, str] = {}
         self._item_errors: dict[int, str] = {}
+        from linetap.drivers.opcua_types import TypeGuard
+
+        self._types = TypeGuard(len(config.tags))  # the type each tag's values must have
         self._limits: dict[str, int] = {}
         self._subscription_id: int | None = None
         self._revised_publishing_interval: float | None = None
@@ -638,6 +648,7 @@ class OpcUaDriver(Driver):
         try:
             self._limits = await read_operation_limits(client)
             await self._resolve_nodes(client)
+            await self._read_datatypes(client)
             if cfg.read_units:
                 await self._read_units(client)
             if cfg.mode == "subscribe":
@@ -719,23 +730,50 @@ class OpcUaDriver(Driver):
                     ref = ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
                 self._nodeids[i] = ref
             else:
-                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache)
+                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache, ns_array)
                 if err:
                     self._resolve_errors[i] = f"BadNoMatch: browse path {tag.node!r}: {err}"
                 self._nodeids[i] = nodeid
 
-    async def _walk_path(self, client, segments, default_ns, cache) -> tuple[Any, str | None]:
+    async def _read_datatypes(self, client) -> None:
+        """Each node's DataType and ValueRank (Read), for the type check of every value."""
         from asyncua import ua
 
+        from linetap.drivers.opcua_types import TypeGuard, expected_kind
+
+        self._types = TypeGuard(len(self._names))
+        todo = [i for i, nid in enumerate(self._nodeids) if nid is not None]
+        for chunk in _chunks(todo, self._per_call("MaxNodesPerRead")):
+            nodes = [self._nodeids[i] for i in chunk]
+            try:
+                dts = await client.uaclient.read_attributes(nodes, ua.AttributeIds.DataType)
+                vrs = await client.uaclient.read_attributes(nodes, ua.AttributeIds.ValueRank)
+            except ua.UaStatusCodeError:
+                continue  # held to the first value seen
+            for i, dt, vr in zip(chunk, dts, vrs, strict=False):
+                dtype = dt.Value.Value if dt.Value is not None and dt.StatusCode.is_good() else None
+                rank = vr.Value.Value if vr.Value is not None and vr.StatusCode.is_good() else None
+                self._types.declared[i] = expected_kind(dtype, rank if isinstance(rank, int) else None)
+
+    async def _walk_path(self, client, segments, default_ns, cache, ns_array) -> tuple[Any, str | None]:
+        from asyncua import ua
+
+        from linetap.drivers.opcua_identity import ambiguity, path_text
+
         current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
-        for ns, name in segments:
+        for k, (ns, name) in enumerate(segments, 1):
             ns = default_ns if ns is None else ns
             children = cache.get(current)
             if children is None:
                 refs = await client.get_node(current).get_children_descriptions()
                 children = [(r.BrowseName.NamespaceIndex, r.BrowseName.Name, r.NodeId) for r in refs]
                 cache[current] = children
-            matches = [nid for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
+            hits = [(cns, nid) for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
+            matches = [nid for _, nid in hits]
+            if ns is None:
+                text = ambiguity(path_text(segments), (cns for cns, _ in hits), ns_array, at=path_text(segments, k))
+                if text:
+                    raise DeviceConfigError(f"{self._where}: {text}")
             if not matches:
                 return None, f"no child {name!r} under {current.to_string()}"
             current = matches[0]
@@ -808,9 +846,11 @@ class OpcUaDriver(Driver):
             quality: list[int] = []
             reason: list[str | None] = []
             source: list[int | None] = []
+            check = self._types.check
             for h, (v, q, r, s) in changes:
                 h -= 1
                 if 0 <= h < n_names:
+                    v, q, r = check(h, v, q, r)
                     tags.append(names[h])
                     values.append(v)
                     quality.append(q)
@@ -928,6 +968,7 @@ class OpcUaDriver(Driver):
                 raise self._lost(describe_error(exc, self.config.timeout)) from None
             for i, dv in zip(chunk, results, strict=False):
                 values[i], quality[i], reason[i], source[i] = convert(dv)
+                values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i])
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts, source_ts=source)
 

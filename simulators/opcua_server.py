@@ -209,6 +209,9 @@ class OpcUaStationServer(ServedStation):
         users: dict[str, str] | None = None,
         trust_dir: str | Path | None = None,
         application_uri: str = "urn:linetap:simulator:heat-sealer:server",
+        reject_untrusted_at: str = "session",
+        record_services: bool = False,
+        decoy_namespace: str | None = None,
     ) -> None:
         super().__init__(model, clock, speed)
         self.host = host
@@ -224,6 +227,14 @@ class OpcUaStationServer(ServedStation):
         self.users = users
         self.trust_dir = trust_dir
         self.application_uri = application_uri
+        if reject_untrusted_at not in ("session", "channel", "channel_fault"):
+            raise ValueError("reject_untrusted_at is 'session' (asyncua's way), 'channel' (ErrorMessage) or "
+                             "'channel_fault' (ServiceFault as the OpenSecureChannel response)")
+        self.reject_untrusted_at = reject_untrusted_at
+        # every service request type received (see simulators/opcua_hooks.py), when record_services
+        self.service_log: list[str] | None = [] if record_services else None
+        self.decoy_namespace = decoy_namespace
+        self.decoy_ns: int | None = None
         self._server: Server | None = None
         self._iserver: _SimInternalServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -291,9 +302,20 @@ class OpcUaStationServer(ServedStation):
             await store.load()
             server.set_certificate_validator(CertificateValidator(
                 CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
+        if self.trust_dir is not None and self.reject_untrusted_at in ("channel", "channel_fault"):
+            iserver.channel_trust = _trusted_ders(Path(self.trust_dir))
+            iserver.channel_reply = "fault" if self.reject_untrusted_at == "channel_fault" else "error"
+        from linetap.simulators import opcua_hooks
+
+        opcua_hooks.install()
+        iserver.service_log = self.service_log
         # No ClientAndServer: a plain server.
         server.application_type = ua.ApplicationType.Server
         self.ns = await server.register_namespace(NAMESPACE_URI)
+        if self.decoy_namespace is not None:
+            # registered first, so a path without a namespace finds the decoy's nodes first
+            self.decoy_ns = await server.register_namespace(self.decoy_namespace)
+            await self._build_decoy(server)
         await self._build(server)
         await self._write_limits(server)
         iserver.op_limits = dict(self.operation_limits)
@@ -359,6 +381,17 @@ class OpcUaStationServer(ServedStation):
                 nid = ua.NodeId(f"Bulk.B{i:05d}", ns)
                 await bulk.add_variable(nid, ua.QualifiedName(f"B{i:05d}", ns), ua.Variant(float(i), ua.VariantType.Double))
                 self._bulk_nodes.append(nid)
+
+    async def _build_decoy(self, server: Server) -> None:
+        """A second namespace with the same browse names Line/Sealer1/<variable> (fixed values):
+        another vendor's object model on the same server, as in a gateway or an aggregating server."""
+        ns = self.decoy_ns
+        line = await server.nodes.objects.add_folder(ua.NodeId("Line", ns), ua.QualifiedName("Line", ns))
+        sealer = await line.add_object(ua.NodeId("Sealer1", ns), ua.QualifiedName("Sealer1", ns))
+        snap = self.model.snapshot()
+        for browse, field, vtype, _unit, _range in STATION_VARIABLES:
+            await sealer.add_variable(ua.NodeId(f"Decoy.{browse}", ns), ua.QualifiedName(browse, ns),
+                                      ua.Variant(_field_value(snap, field), vtype))
 
     async def _write_limits(self, server: Server) -> None:
         for name, value in self.operation_limits.items():
@@ -477,14 +510,23 @@ class OpcUaStationServer(ServedStation):
         self._served.clear()
         await self._update()
 
-    async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good) -> None:
-        """Write station variable `name` once (freeze it first, or the model overwrites it)."""
+    async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good,
+                    vtype: ua.VariantType | None = None) -> None:
+        """Write station variable `name` once (freeze it first, or the model overwrites it).
+        `vtype`: send the value as another Variant type than the node's DataType (a faulty PLC)."""
         self._check_name(name)
         assert self._server is not None
-        vtype = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+        declared = next(v for b, _, v, _, _ in STATION_VARIABLES if b == name)
+        vtype = declared if vtype is None else vtype
         now = _dt.datetime.now(_dt.UTC)
-        await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
-            ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+        aspace = self._server.iserver.aspace
+        if vtype != declared:  # asyncua's address space refuses it; a faulty server does not
+            aspace._is_expected_variant_type = lambda *_a: True
+        try:
+            await self._server.write_attribute_value(self._nodes[name], ua.DataValue(
+                ua.Variant(value, vtype), StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now))
+        finally:
+            aspace.__dict__.pop("_is_expected_variant_type", None)
 
     def _check_name(self, name: str) -> None:
         if name not in {b for b, *_ in STATION_VARIABLES}:
@@ -508,6 +550,21 @@ class _SharedDataValue(ua.DataValue):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedDataValue:
         return self
+
+
+def _trusted_ders(folder: Path) -> set[bytes]:
+    """The DER bytes of every certificate (DER or PEM) in `folder`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ders: set[bytes] = set()
+    for f in folder.iterdir():
+        data = f.read_bytes()
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            ders.add(x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER))
+        elif data:
+            ders.add(data)
+    return ders
 
 
 def _field_value(snap: StationSnapshot, field: str) -> Any:

@@ -72,3 +72,59 @@ async def test_browse_sync_entry_point_and_unreachable(opcua_sim):
     await opcua_sim.stop()
     with pytest.raises(DeviceUnreachable, match="refused"):
         await browse_async(opcua_sim.endpoint)
+
+
+DECOY_URI = "urn:acme-gateway:legacy-plc"
+
+
+@pytest.fixture
+async def decoy_sim():
+    """The heat sealer, plus a second namespace (registered first) with the same browse names."""
+    from linetap.simulators.opcua_server import OpcUaStationServer
+    from linetap.simulators.station import StationModel
+
+    server = OpcUaStationServer(StationModel(seed=7), port=0, decoy_namespace=DECOY_URI)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def _path_config(endpoint: str, **kw) -> OpcUaDeviceConfig:
+    return OpcUaDeviceConfig.model_validate({
+        "protocol": "opcua", "name": "sealer1", "endpoint": endpoint, "timeout": "2s", "mode": "poll",
+        "poll_interval": "100ms", "tags": [{"name": "temperature", "node": "Line/Sealer1/Temperature"}], **kw})
+
+
+async def test_ambiguous_browse_path_is_a_config_error_naming_namespaces(decoy_sim):
+    driver = OpcUaDriver(_path_config(decoy_sim.endpoint))
+    with pytest.raises(DeviceConfigError) as err:
+        await driver.connect()
+    msg = str(err.value)
+    assert "sealer1" in msg and "`Line/Sealer1/Temperature` exists in namespaces" in msg, msg
+    assert f"{DECOY_URI} ({decoy_sim.decoy_ns})" in msg and f"{NAMESPACE_URI} ({decoy_sim.ns})" in msg, msg
+    assert "set `namespace:` on the device or use an `nsu=` node id" in msg
+
+
+async def test_namespace_setting_resolves_the_ambiguity(decoy_sim):
+    driver = OpcUaDriver(_path_config(decoy_sim.endpoint, namespace=NAMESPACE_URI))
+    await driver.connect()
+    try:
+        batches = await collect(driver, 3.0, until=lambda bs: bool(bs))
+    finally:
+        await driver.close()
+    assert batches and batches[0].quality[0] == Quality.GOOD
+    snap_temp = decoy_sim.snapshot().temperature
+    assert abs(batches[-1].value[0] - snap_temp) < 50
+
+
+async def test_browse_root_ambiguous_is_refused_and_output_warns(decoy_sim):
+    with pytest.raises(DeviceConfigError, match="exists in namespaces"):
+        await browse_async(decoy_sim.endpoint, root="Line/Sealer1")
+    text = await browse_async(decoy_sim.endpoint)
+    assert "# WARNING:" in text and DECOY_URI in text and "more than one namespace" in text
+    tags = YAML(typ="safe").load(text)["tags"]
+    assert all(t["node"].startswith("nsu=") for t in tags)
+    scoped = await browse_async(decoy_sim.endpoint, root=f"nsu={NAMESPACE_URI};s=Sealer1")
+    assert "# WARNING" not in scoped

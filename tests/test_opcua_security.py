@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
@@ -129,3 +130,124 @@ def test_certs_create_and_describe(tmp_path):
     assert (key.stat().st_mode & 0o777) == 0o600
     with pytest.raises(FileExistsError):
         create_certificate(cert, key)
+
+
+@pytest.fixture
+async def strict_sim(opcua_pki):
+    """Refuses an untrusted client certificate at OpenSecureChannel (ErrorMessage
+    BadSecurityChecksFailed, socket closed), as open62541 / Prosys / PLC servers do."""
+    server = OpcUaStationServer(StationModel(seed=5), port=0, certificate=opcua_pki["server_cert"],
+                                private_key=opcua_pki["server_key"], secure_only=True, users=USERS,
+                                trust_dir=opcua_pki["trusted_clients"], reject_untrusted_at="channel")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def _rogue(pki):
+    return security(pki, certificate=str(pki["rogue_cert"]), private_key=str(pki["rogue_key"]))
+
+
+async def test_channel_level_certificate_rejection_names_the_cert_to_trust(strict_sim, opcua_pki):
+    driver = make_driver(strict_sim.endpoint, security=_rogue(opcua_pki))
+    with pytest.raises(DriverError) as err:
+        await driver.connect()
+    msg = str(err.value)
+    assert not isinstance(err.value, DeviceUnreachable), msg
+    assert "AssertionError" not in msg, msg
+    assert "BadSecurityChecksFailed" in msg, msg
+    assert f"the server does not trust linetap's certificate: trust `{opcua_pki['rogue_cert'].resolve()}` " \
+           "on the server" in msg, msg
+
+
+async def test_channel_level_rejection_trusted_cert_still_connects(strict_sim, opcua_pki):
+    driver = make_driver(strict_sim.endpoint, mode="poll", poll_interval="100ms", security=security(opcua_pki))
+    await driver.connect()
+    try:
+        assert await collect(driver, 3.0, until=lambda bs: bool(bs))
+    finally:
+        await driver.close()
+
+
+async def test_session_level_certificate_rejection_names_the_cert(secure_sim, opcua_pki):
+    driver = make_driver(secure_sim.endpoint, security=_rogue(opcua_pki))
+    with pytest.raises(DriverError) as err:
+        await driver.connect()
+    assert f"trust `{opcua_pki['rogue_cert'].resolve()}` on the server" in str(err.value)
+
+
+async def test_wrong_password_names_user_and_fix(secure_sim, opcua_pki):
+    driver = make_driver(secure_sim.endpoint, security=security(opcua_pki, password="wrong"))
+    with pytest.raises(DriverError, match="wrong user or password for user 'linetap': check security.username"):
+        await driver.connect()
+
+
+async def test_browse_reports_certificate_rejection_in_words(strict_sim, opcua_pki):
+    from linetap.agent.browse import browse_async
+
+    with pytest.raises(DriverError) as err:
+        await browse_async(strict_sim.endpoint, security=_rogue(opcua_pki))
+    msg = str(err.value)
+    assert "AssertionError" not in msg and "does not trust linetap's certificate" in msg, msg
+
+
+async def test_agent_reports_the_rejection_in_the_event_and_bad_samples(tmp_path, broker, capture, strict_sim,
+                                                                        opcua_pki):
+    """The agent end to end: the device_state event and the bad samples carry the cause and the fix."""
+    from agent_helpers import line_config, payloads, running_agent
+
+    from linetap.simulators.opcua_server import STATION_OPCUA_TAGS
+
+    device = {"protocol": "opcua", "name": "sealer1", "endpoint": strict_sim.endpoint, "timeout": "2s",
+              "tags": STATION_OPCUA_TAGS, "security": _rogue(opcua_pki)}
+    want = f"trust `{opcua_pki['rogue_cert'].resolve()}` on the server"
+
+    def events(m):
+        return [d for d in payloads(m, "/events") if want in orjson.dumps(d).decode()]
+
+    def bad(m):
+        return [d for d in payloads(m, "/telemetry") if want in orjson.dumps(d).decode()]
+
+    async with running_agent(line_config(tmp_path, broker, [device])):
+        await capture.until(lambda m: events(m) and bad(m), timeout=20)
+    text = orjson.dumps(payloads(capture.messages, "/events") + payloads(capture.messages, "/telemetry")).decode()
+    assert "AssertionError" not in text
+    assert "BadSecurityChecksFailed" in text
+
+
+@pytest.fixture
+async def fault_sim(opcua_pki):
+    """Answers OpenSecureChannel from an untrusted client with a ServiceFault BadSecurityChecksFailed
+    (inside the secure channel), which asyncua alone reports as a bare AssertionError."""
+    server = OpcUaStationServer(StationModel(seed=5), port=0, certificate=opcua_pki["server_cert"],
+                                private_key=opcua_pki["server_key"], secure_only=True, users=USERS,
+                                trust_dir=opcua_pki["trusted_clients"], reject_untrusted_at="channel_fault")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_service_fault_answering_open_secure_channel_names_the_cert(fault_sim, opcua_pki):
+    from linetap.agent.browse import browse_async
+
+    want = f"the server does not trust linetap's certificate: trust `{opcua_pki['rogue_cert'].resolve()}` on the server"
+    driver = make_driver(fault_sim.endpoint, security=_rogue(opcua_pki))
+    with pytest.raises(DriverError) as err:
+        await driver.connect()
+    msg = str(err.value)
+    assert not isinstance(err.value, DeviceUnreachable), msg
+    assert "AssertionError" not in msg and "BadSecurityChecksFailed" in msg and want in msg, msg
+    with pytest.raises(DriverError) as err:
+        await browse_async(fault_sim.endpoint, security=_rogue(opcua_pki))
+    assert "AssertionError" not in str(err.value) and want in str(err.value), str(err.value)
+    # a trusted client still connects through the same server
+    driver = make_driver(fault_sim.endpoint, mode="poll", poll_interval="100ms", security=security(opcua_pki))
+    await driver.connect()
+    try:
+        assert await collect(driver, 3.0, until=lambda bs: bool(bs))
+    finally:
+        await driver.close()
