@@ -58,7 +58,7 @@ def parse_config(text: str, file: str = "<config>", base: Path | None = None,
     """Like load_config, from a string. `base` resolves relative paths (default: current folder);
     `environ` replaces os.environ for `${VAR}` substitution."""
     document = parse_yaml(text, file)
-    data, lines = to_plain(document)
+    data, lines = to_plain(document, file, text)
     env = os.environ if environ is None else environ
     issues: list[ConfigIssue] = []
     data = substitute(data, (), env, lines, file, issues)
