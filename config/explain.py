@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from .issues import ConfigIssue, Path_, describe, format_path
+from .issues import At, ConfigIssue, Path_, describe, format_path
 from .models import LineConfig
 
-_SECRET = re.compile(r"password|secret|token|key_file", re.IGNORECASE)
+_SECRET = re.compile(r"password|secret|token|key_file|private_key", re.IGNORECASE)
 _PATTERNS = {
     r"^[^/#+\s]+$": "must not contain '/', '#', '+' or spaces (it is one level of the MQTT topic)",
     r"^[A-Za-z0-9_.\-]+$": "may contain only letters, digits, '_', '.' and '-'",
@@ -65,17 +65,67 @@ def issue_from(err: dict[str, Any], data: Any, lines: dict[Path_, int], file: st
     elif kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         message = _PATTERNS.get(pattern, f"must match the pattern {pattern}") + _got(path, value)
+    elif kind == "value_error" and isinstance(ctx.get("error"), At):
+        located: At = ctx["error"]
+        message = str(located)
+        path = (*path, *located.loc)
+        if located.first is not None and (first := line_of((*path[: len(path) - len(located.loc)],
+                                                             *located.first), lines)):
+            message += f" (first at line {first})"
     elif kind in ("value_error", "assertion_error"):
         message = re.sub(r"^(Value error|Assertion failed), ", "", message)
         if isinstance(value, dict):
             path, message = _point_into(path, message, data, lines)
         elif not _mentions(message, value):
             message += _got(path, value)
+    elif (plain := _plain_words(kind, ctx, value)) is not None:
+        message = plain + _got(path, value) + _hint(kind, ctx, value)
     else:
         message = re.sub(r"^(Input|String|List|Value|Dictionary) should( be| have)?", _must, message)
         if not _mentions(message, value):
             message += _got(path, value)
-    return ConfigIssue(file, _line_of(path, lines), format_path(path), message)
+    return ConfigIssue(file, line_of(path, lines), format_path(path), message)
+
+
+def _plain_words(kind: str, ctx: dict[str, Any], value: Any) -> str | None:
+    """pydantic's wording for the common mistakes, in words a process engineer uses."""
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return "must be a number, e.g. 0.5" if kind != "finite_number" else "must be a finite number"
+    if kind in ("int_parsing", "int_type", "int_from_float", "int_parsing_size"):
+        return "must be a whole number, e.g. 10"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if kind == "string_type":
+        return "must be text"
+    if kind == "literal_error":
+        return f"must be one of: {str(ctx.get('expected', '')).replace(' or ', ', ')}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        words = {"greater_than_equal": "at least", "greater_than": "more than", "less_than_equal": "at most",
+                 "less_than": "less than"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {words} {bound}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters long"
+    if kind in ("too_long",):
+        return f"may have at most {ctx.get('max_length')} items"
+    if kind in ("none_required",):
+        return "must be left empty"
+    return None
+
+
+def _hint(kind: str, ctx: dict[str, Any], value: Any) -> str:
+    if kind == "float_parsing" and isinstance(value, str) and re.fullmatch(r"\s*-?\d+,\d+\s*", value):
+        return "; write decimals with a point: " + value.strip().replace(",", ".")
+    if kind == "literal_error" and isinstance(value, str):
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+    if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        return "; put it in quotes to use it as text"
+    return ""
 
 
 def _must(match: re.Match[str]) -> str:
@@ -90,6 +140,8 @@ def _mentions(message: str, value: Any) -> bool:
 def _got(path: Path_, value: Any) -> str:
     if any(isinstance(p, str) and _SECRET.search(p) for p in path):
         return ""
+    if isinstance(value, str) and re.search(r"://[^/@]*@", value):
+        return ""  # a URL with user:password@
     if value is None:
         return " (the value is empty)"
     if isinstance(value, str | int | float | bool):
@@ -152,7 +204,7 @@ def _first_key_mentioned(text: str, mapping: dict[str, Any]) -> str | None:
     return best[1] if best else None
 
 
-def _line_of(path: Path_, lines: dict[Path_, int]) -> int | None:
+def line_of(path: Path_, lines: dict[Path_, int]) -> int | None:
     for n in range(len(path), -1, -1):
         if path[:n] in lines:
             return lines[path[:n]]

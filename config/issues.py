@@ -59,3 +59,16 @@ def describe(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value}"
     return f"a {type(value).__name__}"
+
+
+class At(ValueError):
+    """A model check's error that knows where the mistake is, so that the loader points at that line
+    rather than guessing from names (a station and a device may share a name).
+
+    `loc` is relative to the model that raises it, e.g. ("stations", 1, "start", "tag");
+    `first` optionally points at an earlier place the message refers to (a first definition)."""
+
+    def __init__(self, loc: Path_, message: str, first: Path_ | None = None) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+        self.first = tuple(first) if first is not None else None

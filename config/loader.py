@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import files
 from .envsubst import substitute
-from .explain import issue_from
-from .issues import ConfigError, ConfigIssue
+from .explain import issue_from, line_of
+from .issues import ConfigError, ConfigIssue, Path_, format_path
 from .models import LineConfig
 from .yaml_doc import parse_yaml, to_plain
 
@@ -54,13 +55,14 @@ def load_config(path: str | Path) -> LineConfig:
 
 
 def parse_config(text: str, file: str = "<config>", base: Path | None = None,
-                 environ: dict[str, str] | None = None) -> LineConfig:
+                 environ: dict[str, str] | None = None, check_files: bool = True) -> LineConfig:
     """Like load_config, from a string. `base` resolves relative paths (default: current folder);
-    `environ` replaces os.environ for `${VAR}` substitution."""
+    `environ` replaces os.environ for `${VAR}` substitution; `check_files=False` skips opening the
+    files the config names (certificates, password files, the buffer's folder)."""
     document = parse_yaml(text, file)
     data, lines = to_plain(document, file, text)
     env = os.environ if environ is None else environ
-    issues: list[ConfigIssue] = []
+    issues: list[ConfigIssue] = literal_secrets(data, lines, file)
     data = substitute(data, (), env, lines, file, issues)
     if issues:
         raise ConfigError(issues)
@@ -68,7 +70,37 @@ def parse_config(text: str, file: str = "<config>", base: Path | None = None,
         cfg = LineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([issue_from(err, data, lines, file) for err in exc.errors()]) from None
-    return cfg.resolve_paths(base if base is not None else Path.cwd())
+    cfg = cfg.resolve_paths(base if base is not None else Path.cwd())
+    if check_files:
+        problems = files.check_files(cfg)
+        if problems:
+            raise ConfigError([ConfigIssue(file, line_of(path, lines), format_path(path), message)
+                               for path, message in problems])
+    return cfg
+
+
+SECRET_KEYS = ("password", "private_key_password", "key_password")
+
+
+def literal_secrets(data: Any, lines: dict[Path_, int], file: str) -> list[ConfigIssue]:
+    """A password written in the file (not `${VAR}`) is an error unless `allow_literal_secrets: true`."""
+    if not isinstance(data, dict) or data.get("allow_literal_secrets") is True:
+        return []
+    out: list[ConfigIssue] = []
+
+    def walk(node: Any, path: Path_) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if key in SECRET_KEYS and isinstance(value, str) and value and "${" not in value:
+                out.append(ConfigIssue(file, line_of((*path, key), lines), format_path((*path, key)),
+                                       f"a password written in the file: give it as ${{ENV_VAR}} (set in the "
+                                       f"agent's environment){' or in a password file' if key == 'password' else ''}"
+                                       "; for a test, set `allow_literal_secrets: true` at the top of the file"))
+            else:
+                walk(value, (*path, key))
+
+    walk(data, ())
+    return out
 
 
 def config_json_schema() -> dict[str, Any]:
