@@ -54,12 +54,9 @@ def client_context(tls: TLSConfig) -> ssl.SSLContext:
             if "KEY_VALUES_MISMATCH" in str(err) or "key values mismatch" in reason:
                 raise FileProblem("key_file", f"key_file {tls.key_file} is not the key of cert_file "
                                               f"{tls.cert_file}") from None
-            if asked and ("bad decrypt" in str(err).lower() or "BAD_DECRYPT" in str(err)):
-                raise FileProblem("key_password", f"the key password does not decrypt key_file "
-                                                  f"{tls.key_file}") from None
-            if asked:
-                raise FileProblem("key_file", f"key_file {tls.key_file} cannot be decrypted with the key "
-                                              f"password ({reason})") from None
+            if asked:  # the key is encrypted and the password did not open it
+                field = "key_password" if tls.key_password is not None else "key_password_file"
+                raise FileProblem(field, f"the key password does not decrypt key_file {tls.key_file}") from None
             raise FileProblem("cert_file", f"cert_file {tls.cert_file} / key_file {tls.key_file}: not a PEM "
                                            f"certificate and its private key ({reason})") from None
     if tls.insecure:
