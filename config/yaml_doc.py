@@ -105,10 +105,12 @@ def _syntax_issue(exc: MarkedYAMLError, text: str, file: str) -> ConfigIssue:
     elif m := re.search(r"found character '(.)' that cannot start any token", problem):
         message = f"a value cannot start with {m.group(1)!r}{near}: put the value in quotes"
     elif "quoted scalar" in context:
+        line = began or line
         message = f"a quote opened at line {began} is never closed" + (
             f" (`{_line_text(text, began)}`)" if began else "")
     elif m := re.search(r"expected ',' or '([\]}])'", problem):
         opener = "[" if m.group(1) == "]" else "{"
+        line = began or line
         message = (f"the `{opener}` opened at line {began} is not closed with `{m.group(1)}`"
                    f" (`{_line_text(text, began)}`), or two items lack a `,` between them")
     elif "expected <block end>" in problem and re.search(r"found '[\]}]'", problem):
@@ -125,7 +127,21 @@ def _syntax_issue(exc: MarkedYAMLError, text: str, file: str) -> ConfigIssue:
         message = "the file holds more than one YAML document (a `---` line): one line config per file"
     elif "expected a mapping or list of mappings for merging" in problem or "merging" in problem:
         message = f"`<<:` merges a mapping: write `<<: *name` where `&name` marks a mapping{near}"
+    elif "expected '<document start>'" in problem:
+        message = (f"this line does not belong to the mapping above{near}: check its indentation and that the "
+                   "line above ends its value (a key of the top level starts in column 1)")
+    elif "could not find expected ':'" in problem:
+        line = began or line
+        message = (f"a line without `key: value`{' in `' + _line_text(text, line) + '`' if line else ''}: add the "
+                   "`:` after the key, or put the text in quotes")
+    elif m := re.search(r"expected the node content, but found '([^']*)'", problem):
+        found = {"<block end>": "the end of the block", "<stream end>": "the end of the file"}.get(
+            m.group(1), f"`{m.group(1)}`")
+        message = f"a value is missing{near}: found {found} where a value should be; put the value in quotes"
     else:
+        problem = re.sub(r"'?<(block|flow) (mapping|sequence) (start|end)>'?", "an indentation change", problem)
+        problem = problem.replace("'<stream end>'", "the end of the file").replace("<block end>", "the end "
+                                                                                   "of the block")
         message = f"not valid YAML{near}: {problem}"
         if exc.context and exc.problem and began is not None:
             message += f" ({exc.context} started at line {began})"
