@@ -36,11 +36,11 @@ def _quiet_logs() -> None:
     configure_logging("auto", "warning")
 
 
-def _load_or_exit(path: Path):
+def _load_or_exit(path: Path, check_buffer: bool = False):
     from linetap.config.loader import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, check_buffer=check_buffer)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -49,7 +49,7 @@ def _load_or_exit(path: Path):
 @app.command()
 def validate(config: Path = typer.Argument(..., help="line config (YAML)")) -> None:
     """Check a config file. Prints OK and a summary, or every error as FILE:LINE: field: message (exit 2)."""
-    cfg = _load_or_exit(config)
+    cfg = _load_or_exit(config, check_buffer=True)
     tags = sum(len(d.tags) for d in cfg.devices)
     typer.echo(
         f"OK {config}: agent {cfg.agent.id}, {len(cfg.devices)} device(s), {tags} tag(s), "

@@ -21,7 +21,9 @@ Problem = tuple[tuple[str | int, ...], str]
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 
 
-def check_files(cfg: LineConfig) -> list[Problem]:
+def check_files(cfg: LineConfig, buffer: bool = False) -> list[Problem]:
+    """Problems with the files the config names; with `buffer`, also whether buffer.path can be a
+    buffer (`validate` asks; `run`/`status`/`export` find out when they open it, exit 3)."""
     out: list[Problem] = []
     m = cfg.mqtt
     if m.password_file is not None:
@@ -39,7 +41,8 @@ def check_files(cfg: LineConfig) -> list[Problem]:
         security = getattr(device, "security", None)
         if security is not None:
             out += _opcua(("devices", i, "security"), security)
-    out += _buffer(cfg.buffer.path)
+    if buffer:
+        out += _buffer(cfg.buffer.path)
     return out
 
 

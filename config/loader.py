@@ -33,7 +33,7 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # public API
 
 
-def load_config(path: str | Path) -> LineConfig:
+def load_config(path: str | Path, check_buffer: bool = False) -> LineConfig:
     """Read, substitute, validate and resolve one line config file. Raises ConfigError."""
     path = Path(path)
     name = str(path)
@@ -51,14 +51,16 @@ def load_config(path: str | Path) -> LineConfig:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(name, line, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
                                        "save the file as UTF-8")]) from None
-    return parse_config(text, file=name, base=path.absolute().parent)
+    return parse_config(text, file=name, base=path.absolute().parent, check_buffer=check_buffer)
 
 
 def parse_config(text: str, file: str = "<config>", base: Path | None = None,
-                 environ: dict[str, str] | None = None, check_files: bool = True) -> LineConfig:
+                 environ: dict[str, str] | None = None, check_files: bool = True,
+                 check_buffer: bool = False) -> LineConfig:
     """Like load_config, from a string. `base` resolves relative paths (default: current folder);
     `environ` replaces os.environ for `${VAR}` substitution; `check_files=False` skips opening the
-    files the config names (certificates, password files, the buffer's folder)."""
+    files the config names (certificates, keys, password files); `check_buffer` also checks that
+    buffer.path can be created (`validate`)."""
     document = parse_yaml(text, file)
     data, lines = to_plain(document, file, text)
     env = os.environ if environ is None else environ
@@ -72,7 +74,7 @@ def parse_config(text: str, file: str = "<config>", base: Path | None = None,
         raise ConfigError([issue_from(err, data, lines, file) for err in exc.errors()]) from None
     cfg = cfg.resolve_paths(base if base is not None else Path.cwd())
     if check_files:
-        problems = files.check_files(cfg)
+        problems = files.check_files(cfg, buffer=check_buffer)
         if problems:
             raise ConfigError([ConfigIssue(file, line_of(path, lines), format_path(path), message)
                                for path, message in problems])
