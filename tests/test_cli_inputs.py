@@ -50,7 +50,7 @@ CASES = {
     "run-folder": (["run", "folder"], 2, "is a folder"),
     "run-buffer-folder": (["run", "buffer-folder.yaml"], 3, "folder"),
     "status-missing": (["status", "nope.yaml"], 2, "file not found"),
-    "status-buffer-under-file": (["status", "buffer-under-file.yaml"], 3, "not a folder"),
+    "status-buffer-under-file": (["status", "buffer-under-file.yaml"], 3, "cannot create the folder of buffer"),
     "export-bad-stream": (["export", "ok.yaml", "--stream", "nope"], 2, "expected telemetry, units or events"),
     "export-output-folder": (["export", "ok.yaml", "--stream", "units", "-o", "folder"], 2, "is a folder"),
     "export-output-no-folder": (["export", "ok.yaml", "--stream", "units", "-o", "nodir/x.jsonl"], 2,
