@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +23,10 @@ app = typer.Typer(
 EXIT_CONFIG = 2  # the config file is wrong: fix it and run again
 
 
+def describe_os_error(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
 @app.callback()
 def _quiet_logs() -> None:
     """Every command logs warnings and errors to stderr; `run` and `simulate` set their own level.
@@ -30,11 +36,11 @@ def _quiet_logs() -> None:
     configure_logging("auto", "warning")
 
 
-def _load_or_exit(path: Path):
+def _load_or_exit(path: Path, check_buffer: bool = False):
     from linetap.config.loader import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, check_buffer=check_buffer)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -43,7 +49,7 @@ def _load_or_exit(path: Path):
 @app.command()
 def validate(config: Path = typer.Argument(..., help="line config (YAML)")) -> None:
     """Check a config file. Prints OK and a summary, or every error as FILE:LINE: field: message (exit 2)."""
-    cfg = _load_or_exit(config)
+    cfg = _load_or_exit(config, check_buffer=True)
     tags = sum(len(d.tags) for d in cfg.devices)
     typer.echo(
         f"OK {config}: agent {cfg.agent.id}, {len(cfg.devices)} device(s), {tags} tag(s), "
@@ -115,6 +121,26 @@ def status(config: Path = typer.Argument(..., help="line config (YAML)")) -> Non
     raise typer.Exit(print_status(cfg))
 
 
+def _check_simulator_options(cycle_time: float, out_of_limit: float, speed: float) -> None:
+    if not cycle_time > 0:
+        raise typer.BadParameter("must be more than 0 seconds", param_hint="--cycle-time")
+    if not 0 <= out_of_limit <= 1:
+        raise typer.BadParameter("must be between 0 and 1 (a share of the units)", param_hint="--out-of-limit")
+    if not speed > 0:
+        raise typer.BadParameter("must be more than 0", param_hint="--speed")
+
+
+@contextlib.contextmanager
+def _cannot_serve(host: str, port: int):
+    """A simulator that cannot listen (port taken, no such interface): a message and exit 3."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, OverflowError) as err:
+        cause = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        typer.echo(f"linetap simulate: cannot listen on {host}:{port}: {cause}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
 simulate_app = typer.Typer(help="Run a station simulator (a heat sealer) for tests, demos and commissioning.",
                            no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
@@ -122,7 +148,7 @@ app.add_typer(simulate_app, name="simulate")
 
 @simulate_app.command("modbus")
 def simulate_modbus(
-    port: int = typer.Option(5020, help="TCP port (0 = any free port)"),
+    port: int = typer.Option(5020, min=0, max=65535, help="TCP port (0 = any free port)"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
     cycle_time: float = typer.Option(2.0, help="seconds per unit"),
     out_of_limit: float = typer.Option(0.1, help="share of units made out of limits (0..1)"),
@@ -133,14 +159,17 @@ def simulate_modbus(
     from linetap.agent.logs import configure_logging
     from linetap.simulators.modbus_server import serve_modbus
 
+    _check_simulator_options(cycle_time, out_of_limit, speed)
     configure_logging("auto", "info")
-    _run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time, out_of_limit_share=out_of_limit,
-                                                seed=seed, speed=speed, stop=stop))
+    with _cannot_serve(host, port):
+        _run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time,
+                                                    out_of_limit_share=out_of_limit, seed=seed, speed=speed,
+                                                    stop=stop))
 
 
 @simulate_app.command("opcua")
 def simulate_opcua(
-    port: int = typer.Option(4840, help="TCP port (0 = any free port)"),
+    port: int = typer.Option(4840, min=0, max=65535, help="TCP port (0 = any free port)"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
     cycle_time: float = typer.Option(2.0, help="seconds per unit"),
     out_of_limit: float = typer.Option(0.1, help="share of units made out of limits (0..1)"),
@@ -151,9 +180,14 @@ def simulate_opcua(
     from linetap.agent.logs import configure_logging
     from linetap.simulators.opcua_server import serve_opcua
 
+    _check_simulator_options(cycle_time, out_of_limit, 1.0)
+    if bulk < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--bulk")
     configure_logging("auto", "info")
-    _run_until_signal(lambda stop: serve_opcua(host, port, cycle_time=cycle_time, out_of_limit_share=out_of_limit,
-                                               seed=seed, bulk_count=bulk, stop=stop))
+    with _cannot_serve(host, port):
+        _run_until_signal(lambda stop: serve_opcua(host, port, cycle_time=cycle_time,
+                                                   out_of_limit_share=out_of_limit, seed=seed, bulk_count=bulk,
+                                                   stop=stop))
 
 
 EXIT_DEMO_FAILED = 1  # the demo ran, but the MES did not receive what it should (or the chains did not verify)
@@ -201,6 +235,16 @@ def demo(
     raise typer.Exit(0 if result.ok else EXIT_DEMO_FAILED)
 
 
+def _writable_output(output: Path) -> None:
+    if output.is_dir():
+        raise typer.BadParameter(f"{output} is a folder: give a file name", param_hint="--output")
+    parent = output.parent
+    if parent.exists() and not parent.is_dir():
+        raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint="--output")
+    if not parent.exists():
+        raise typer.BadParameter(f"the folder {parent} does not exist", param_hint="--output")
+
+
 def _iso_to_us(value: str | None, option: str) -> int | None:
     if value is None:
         return None
@@ -235,12 +279,17 @@ def export(
         raise typer.BadParameter("expected telemetry, units or events", param_hint="--stream")
     if format not in ("jsonl", "csv", "parquet"):
         raise typer.BadParameter("expected jsonl, csv or parquet", param_hint="--format")
+    if output is not None:
+        _writable_output(output)
     cfg = _load_or_exit(config)
     try:
         n = do_export(cfg, stream, format, output, from_seq=from_seq, to_seq=to_seq,
                       since_us=_iso_to_us(since, "--since"), until_us=_iso_to_us(until, "--until"))
     except (BufferError, ValueError) as err:
         typer.echo(f"linetap: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    except OSError as err:
+        typer.echo(f"linetap export: cannot write {output or 'the output'}: {describe_os_error(err)}", err=True)
         raise typer.Exit(EXIT_RUNTIME) from None
     typer.echo(f"exported {n} {stream} rows" + (f" to {output}" if output else ""), err=True)
 
@@ -277,7 +326,16 @@ def verify(files: list[Path] = typer.Argument(..., help="JSON Lines captures of 
     if missing:
         typer.echo(f"linetap: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    report = do_verify(files)
+    folders = [str(f) for f in files if f.is_dir()]
+    if folders:
+        typer.echo(f"linetap: a folder, not a capture file: {', '.join(folders)} (give the .jsonl files in it)",
+                   err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        report = do_verify(files)
+    except OSError as err:
+        typer.echo(f"linetap verify: cannot read {err.filename or 'a file'}: {describe_os_error(err)}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
     typer.echo(render(report))
     raise typer.Exit(0 if report.ok else 1)
 
@@ -299,11 +357,20 @@ def certs_create(
     """Create a self-signed OPC UA client certificate and key; give the certificate to the PLC engineer."""
     from linetap.agent.certs import create_certificate, describe_certificate
 
+    for option, path in (("--cert", cert), ("--key", key)):
+        if path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder: give a file name", param_hint=option)
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint=option)
     try:
         create_certificate(cert, key, application_uri=application_uri, hostnames=host or None, days=days,
                            overwrite=overwrite)
-    except (FileExistsError, ValueError, OSError) as err:
+    except (FileExistsError, ValueError) as err:
         typer.echo(f"linetap certs create: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except OSError as err:
+        typer.echo(f"linetap certs create: cannot write {err.filename or cert}: {describe_os_error(err)}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     typer.echo(f"wrote {cert} and {key}\n{describe_certificate(cert)}\n"
                f"Next: copy {cert} (not the key) into the server's trusted certificates.")
@@ -313,7 +380,7 @@ def certs_create(
 def browse(
     endpoint: str = typer.Argument(..., help="opc.tcp://host:port"),
     root: str | None = typer.Option(None, help="start node: node id or path from Objects (e.g. Line/Sealer1)"),
-    depth: int = typer.Option(6, help="levels below the root"),
+    depth: int = typer.Option(6, min=0, max=100, help="levels below the root"),
     policy: str = typer.Option("None", help="None, Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss"),
     mode: str | None = typer.Option(None, help="Sign or SignAndEncrypt (default with a policy)"),
     cert: Path | None = typer.Option(None, help="client certificate"),
@@ -330,6 +397,18 @@ def browse(
     from linetap.agent.browse import browse as do_browse
     from linetap.drivers import DriverError
 
+    if not re.match(r"^opc\.tcp://[^/:\s]+(:\d+)?(/.*)?$", endpoint):
+        raise typer.BadParameter(f"{endpoint!r} is not an OPC UA endpoint; write it like opc.tcp://192.168.0.10:4840",
+                                 param_hint="ENDPOINT")
+    port_text = re.match(r"^opc\.tcp://[^/:]+:(\d+)", endpoint)
+    if port_text and not 1 <= int(port_text.group(1)) <= 65535:
+        raise typer.BadParameter("the port must be 1..65535", param_hint="ENDPOINT")
+    for option, path in (("--cert", cert), ("--key", key), ("--server-cert", server_cert)):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}",
+                                     param_hint=option)
+    if trust_dir is not None and not trust_dir.is_dir():
+        raise typer.BadParameter(f"{trust_dir} is not a folder", param_hint="--trust-dir")
     security = {"policy": policy, "mode": mode, "certificate": cert, "private_key": key,
                 "server_certificate": server_cert, "trust_dir": trust_dir, "username": username,
                 "password": os.environ.get("LINETAP_OPCUA_PASSWORD") if username else None}

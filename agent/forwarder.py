@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ from linetap.agent.payload import (
 )
 from linetap.agent.records import StoredRecord, now_us
 from linetap.buffers import BufferWriteFailed
+from linetap.config.secrets import FileProblem
+from linetap.config.tls import client_context
 from linetap.drivers.base import describe_os_error
 
 log = structlog.get_logger("linetap.forwarder")
@@ -201,7 +202,7 @@ class MQTTForwarder:
                 except Exception as exc:  # noqa: BLE001 (unreachable, refused, TLS, bad files: retry, never crash)
                     await self._teardown()
                     self.stats.last_error = _describe(exc)
-                    if not isinstance(exc, OSError | TimeoutError | _ConnectionLost):
+                    if not isinstance(exc, OSError | TimeoutError | _ConnectionLost | FileProblem):
                         log.exception("mqtt connect failed unexpectedly", broker=self.stats.broker)
                     delay = backoff.next()
                     if not retrying:
@@ -259,14 +260,9 @@ class MQTTForwarder:
         if m.username is not None:
             client.username_pw_set(m.username, m.password_value())
         if m.tls is not None:
-            t = m.tls
-            client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if t.insecure:
+            # our own context: an encrypted key is decrypted with the configured password, never a prompt
+            client.tls_set_context(client_context(m.tls))
+            if m.tls.insecure:
                 client.tls_insecure_set(True)
         client.will_set(self.topics.status, encode_status(self.agent, "offline", now_us()), qos=1, retain=True)
         socket_errors = _SocketErrors()

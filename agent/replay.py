@@ -8,7 +8,6 @@ the agent runs).
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import paho.mqtt.client as mqtt
@@ -18,6 +17,7 @@ from linetap.agent.export import iter_messages
 from linetap.agent.records import now_us
 from linetap.buffers import DuckDBBuffer
 from linetap.config.models import LineConfig
+from linetap.config.tls import client_context
 
 log = structlog.get_logger("linetap.replay")
 
@@ -29,10 +29,7 @@ def _client(cfg: LineConfig) -> mqtt.Client:
     if m.username:
         client.username_pw_set(m.username, m.password_value())
     if m.tls is not None:
-        client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                       certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                       keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-                       cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set_context(client_context(m.tls))
         client.tls_insecure_set(m.tls.insecure)
     client.max_inflight_messages_set(m.max_inflight)
     return client

@@ -6,6 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .issues import At
 from .units import Duration
 
 
@@ -107,10 +108,12 @@ class StationCapture(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        names = [p.name for p in self.parameters]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate parameter name {sorted(dup)[0]!r}")
+        seen: dict[str, int] = {}
+        for i, p in enumerate(self.parameters):
+            if p.name in seen:
+                raise At(("parameters", i, "name"), f"duplicate parameter name {p.name!r}",
+                         first=("parameters", seen[p.name], "name"))
+            seen[p.name] = i
         return self
 
     @property
@@ -120,6 +123,19 @@ class StationCapture(Strict):
         if self.start.on in ("rising", "falling"):
             return Trigger(tag=self.start.tag, on="falling" if self.start.on == "rising" else "rising")
         return None
+
+    def tag_refs(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Where each tag is named in this station (a path from the station) and the tag."""
+        out: list[tuple[tuple[str | int, ...], str]] = [(("serial", "tag"), self.serial.tag),
+                                                       (("start", "tag"), self.start.tag)]
+        if self.end is not None:
+            out.append((("end", "tag"), self.end.tag))
+        if self.lot:
+            out.append((("lot",), self.lot))
+        if self.operator and self.operator.tag:
+            out.append((("operator", "tag"), self.operator.tag))
+        out.extend((("parameters", i, "tag"), p.tag) for i, p in enumerate(self.parameters) if p.tag)
+        return out
 
     def tags(self) -> set[str]:
         out = {self.serial.tag, self.start.tag}

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from linetap.drivers import DeviceConfig
 
 from .capture import StationCapture
+from .issues import At
+from .secrets import secret_value
 from .units import ByteSize, Duration
 
 # One ISA-95 level of a topic: no MQTT wildcards or separators.
@@ -39,13 +41,20 @@ class AgentConfig(Strict):
 class TLSConfig(Strict):
     ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
     cert_file: Path | None = Field(None, description="client certificate (PEM), for certificate auth")
-    key_file: Path | None = Field(None, description="client private key (PEM)")
+    key_file: Path | None = Field(None, description="client private key (PEM), encrypted or not")
+    key_password: SecretStr | None = Field(None, description="password of an encrypted key_file: use ${ENV_VAR}")
+    key_password_file: Path | None = Field(None, description="file whose first line is the key_file's password")
     insecure: bool = Field(False, description="skip hostname verification (testing only)")
 
     @model_validator(mode="after")
     def _pair(self) -> Self:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if self.key_password is not None and self.key_password_file is not None:
+            raise At(("key_password_file",), "give key_password or key_password_file, not both")
+        if (self.key_password is not None or self.key_password_file is not None) and self.key_file is None:
+            raise At(("key_password" if self.key_password is not None else "key_password_file",),
+                     "a key password needs `key_file` (and `cert_file`)")
         return self
 
 
@@ -76,6 +85,9 @@ class MQTTConfig(Strict):
         if self.url is None:
             return self
         parsed = urlparse(self.url)
+        if "@" in parsed.netloc:
+            raise At(("url",), "the url must not hold a user name or password (user:password@host): put the user "
+                     "in `username` and the password in `password: ${ENV_VAR}` or `password_file`")
         if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
             shown = self.url.split("@")[-1]  # never echo user:password@
             raise ValueError(f"url {shown!r}: expected mqtt://host:port or mqtts://host:port")
@@ -87,11 +99,9 @@ class MQTTConfig(Strict):
         return self
 
     def password_value(self) -> str | None:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            return self.password_file.read_text().splitlines()[0] if self.password_file.exists() else None
-        return None
+        """The password (from `password` or the first line of `password_file`); None when not configured.
+        Raises linetap.config.secrets.FileProblem when password_file cannot be used."""
+        return secret_value(self.password, self.password_file)
 
 
 class BufferConfig(Strict):
@@ -137,33 +147,39 @@ class LineConfig(Strict):
     devices: list[DeviceConfig] = Field(min_length=1, description="the equipment this agent reads")
     stations: list[StationCapture] = Field(default_factory=list,
                                            description="per-unit capture (eDHR records, non-conformance events)")
+    allow_literal_secrets: bool = Field(
+        False, description="allow passwords written in this file (testing only); otherwise secrets come from "
+        "${ENV_VAR} or a password file")
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
-        seen: set[str] = set()
-        for device in self.devices:
+        seen: dict[str, int] = {}
+        for i, device in enumerate(self.devices):
             if device.name in seen:
-                raise ValueError(f"duplicate device name {device.name!r}")
-            seen.add(device.name)
+                raise At(("devices", i, "name"), f"duplicate device name {device.name!r}",
+                         first=("devices", seen[device.name], "name"))
+            seen[device.name] = i
         return self
 
     @model_validator(mode="after")
     def _stations_fit_devices(self) -> Self:
         devices = {d.name: d for d in self.devices}
-        seen: set[str] = set()
-        for station in self.stations:
+        seen: dict[str, int] = {}
+        for i, station in enumerate(self.stations):
             if station.name in seen:
-                raise ValueError(f"duplicate station name {station.name!r}")
-            seen.add(station.name)
+                raise At(("stations", i, "name"), f"duplicate station name {station.name!r}",
+                         first=("stations", seen[station.name], "name"))
+            seen[station.name] = i
             device = devices.get(station.device)
             if device is None:
-                raise ValueError(f"station {station.name!r}: no device named {station.device!r} "
-                                 f"(devices: {', '.join(devices)})")
+                raise At(("stations", i, "device"), f"station {station.name!r}: no device named "
+                         f"{station.device!r} (devices: {', '.join(devices)})")
             known = {t.name for t in device.tags}
             missing = sorted(station.tags() - known)
             if missing:
-                raise ValueError(f"station {station.name!r}: device {device.name!r} has no tag "
-                                 f"{', '.join(repr(m) for m in missing)}")
+                where = next(loc for loc, tag in station.tag_refs() if tag in missing)
+                raise At(("stations", i, *where), f"station {station.name!r}: device {device.name!r} has no tag "
+                         f"{', '.join(repr(m) for m in missing)}")
         return self
 
     @property
@@ -184,5 +200,16 @@ class LineConfig(Strict):
             tls = mqtt.tls
             mqtt = mqtt.model_copy(update={"tls": tls.model_copy(update={
                 "ca_file": fix(tls.ca_file), "cert_file": fix(tls.cert_file), "key_file": fix(tls.key_file)})})
+            if tls.key_password_file is not None:
+                mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update={
+                    "key_password_file": fix(tls.key_password_file)})})
         buffer = self.buffer.model_copy(update={"path": fix(self.buffer.path)})
-        return self.model_copy(update={"buffer": buffer, "mqtt": mqtt})
+        devices = []
+        for device in self.devices:
+            security = getattr(device, "security", None)
+            if security is not None:
+                files = ("certificate", "private_key", "server_certificate", "trust_dir", "password_file")
+                security = security.model_copy(update={f: fix(getattr(security, f)) for f in files})
+                device = device.model_copy(update={"security": security})
+            devices.append(device)
+        return self.model_copy(update={"buffer": buffer, "mqtt": mqtt, "devices": devices})

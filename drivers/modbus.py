@@ -34,6 +34,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from linetap.agent.records import Quality, SampleBatch, now_us
+from linetap.config.issues import At
 from linetap.config.units import Duration
 
 from .base import DeviceUnreachable, PollingDriver, describe_os_error
@@ -101,6 +102,10 @@ class ModbusTag(BaseModel):
         return REGISTER_WIDTH[self.type]
 
 
+def _span(tag: ModbusTag) -> str:
+    return str(tag.address) if tag.width == 1 else f"{tag.address}..{tag.address + tag.width - 1}"
+
+
 class ModbusDeviceConfig(BaseModel):
     """A Modbus TCP device (PLC, controller, gateway)."""
 
@@ -126,22 +131,50 @@ class ModbusDeviceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_tags(self) -> Self:
-        seen: set[str] = set()
-        for tag in self.tags:
+        seen: dict[str, int] = {}
+        for i, tag in enumerate(self.tags):
             if tag.name in seen:
-                raise ValueError(f"duplicate tag name {tag.name!r}")
-            seen.add(tag.name)
+                raise At(("tags", i, "name"), f"duplicate tag name {tag.name!r}", first=("tags", seen[tag.name], "name"))
+            seen[tag.name] = i
             first = 1 if self.addressing == "one_based" else 0
             if tag.address < first:
-                raise ValueError(f"tag {tag.name!r}: address {tag.address} is below {first}, the first address "
-                                 f"with addressing {self.addressing}")
+                raise At(("tags", i, "address"), f"tag {tag.name!r}: address {tag.address} is below {first}, the "
+                         f"first address with addressing {self.addressing}")
             if tag.address - first + tag.width > 65536:
-                raise ValueError(f"tag {tag.name!r}: address {tag.address} + {tag.width} runs past the end "
-                                 "of the Modbus address space")
+                raise At(("tags", i, "address"), f"tag {tag.name!r}: address {tag.address} + {tag.width} runs past "
+                         "the end of the Modbus address space")
             if tag.table in ("holding", "input") and tag.width > self.max_registers_per_read:
-                raise ValueError(f"tag {tag.name!r} is {tag.width} registers wide, more than "
-                                 f"max_registers_per_read ({self.max_registers_per_read})")
+                raise At(("tags", i, "type" if tag.type != "string" else "length"),
+                         f"tag {tag.name!r} is {tag.width} registers wide, more than "
+                         f"max_registers_per_read ({self.max_registers_per_read})")
+        self._check_overlaps()
         return self
+
+    def _check_overlaps(self) -> None:
+        """Two tags reading the same registers as different values is a mistake in the map (a 32-bit
+        value at 10 and another at 11), except a `bit` view of a register, or the same value twice
+        (same address, type and order, e.g. with another scale)."""
+        spans = sorted((t.address, t.address + t.width, i) for i, t in enumerate(self.tags)
+                       if t.table in ("holding", "input") and t.type != "bit")
+        open_spans: list[tuple[int, int, int]] = []
+        for start, end, i in spans:
+            open_spans = [s for s in open_spans if s[1] > start]
+            tag = self.tags[i]
+            for _, _, j in open_spans:
+                other = self.tags[j]
+                if other.table != tag.table:
+                    continue
+                if (other.address, other.type, other.order, other.length) == (tag.address, tag.type, tag.order,
+                                                                              tag.length):
+                    continue
+                if j > i:  # point at the one written later in the file
+                    i, j, tag, other = j, i, other, tag
+                raise At(("tags", i, "address"),
+                         f"tag {tag.name!r} ({tag.table} {_span(tag)}, {tag.type}) overlaps tag {other.name!r} "
+                         f"({other.table} {_span(other)}, {other.type}): the same registers cannot hold both; "
+                         "check the addresses and types (a bit of a register is type: bit)",
+                         first=("tags", j, "address"))
+            open_spans.append((start, end, i))
 
     @property
     def station_name(self) -> str:

@@ -42,6 +42,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from linetap.agent.records import Quality, SampleBatch, now_us
+from linetap.config.secrets import FileProblem, secret_value
 from linetap.config.units import Duration
 
 from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
@@ -141,15 +142,12 @@ class OpcUaSecurity(BaseModel):
         return self.mode or ("None" if self.policy == "None" else "SignAndEncrypt")
 
     def password_value(self) -> str | None:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            try:
-                lines = self.password_file.read_text().splitlines()
-            except OSError as err:
-                raise DriverError(f"cannot read password_file {self.password_file}: {err.strerror or err}") from None
-            return lines[0] if lines else ""
-        return None
+        """The password (`password`, or the first line of `password_file`); None when not configured.
+        A password file that cannot be used is a DriverError (linetap.config.secrets: one behaviour)."""
+        try:
+            return secret_value(self.password, self.password_file)
+        except FileProblem as err:
+            raise DriverError(str(err)) from None
 
 
 class OpcUaDeviceConfig(BaseModel):

@@ -33,9 +33,9 @@ def test_validate_errors_exit_2_on_stderr(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("line.yaml:9: mqtt.port: must be a valid integer")
+    assert lines[0].startswith("line.yaml:9: mqtt.port: must be a whole number")
     assert lines[1].startswith("line.yaml:13: devices[0].addressing: missing required field")
-    assert lines[2].startswith("line.yaml:23: devices[0].tags[1].type: must be 'bool', 'bit'")
+    assert lines[2].startswith("line.yaml:23: devices[0].tags[1].type: must be one of: 'bool', 'bit'")
     assert len(lines) == 3
     assert "Traceback" not in result.stderr + result.stdout
 

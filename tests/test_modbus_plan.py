@@ -7,13 +7,27 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver, plan_reads
+from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusTag, plan_reads
 from linetap.simulators import KNOWN_VALUES, encode_registers
 
 
 def cfg(tags, **kw) -> ModbusDeviceConfig:
     kw.setdefault("addressing", "zero_based")
     return ModbusDeviceConfig(protocol="modbus", name="dev", host="127.0.0.1", tags=tags, **kw)
+
+
+def overlapping_cfg(tags, **kw) -> ModbusDeviceConfig:
+    """A device whose tags overlap as different types: a config error since issue 12 (the config
+    refuses it), built unchecked here to show that the read plan and the decoder still cope."""
+    kw.setdefault("addressing", "zero_based")
+    return ModbusDeviceConfig.model_construct(protocol="modbus", name="dev", host="127.0.0.1",
+                                              tags=[ModbusTag(**t) for t in tags], **kw)
+
+
+def test_overlapping_types_are_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="overlaps tag 'word'"):
+        cfg([u16("word", 8), {"name": "dword", "address": 7, "type": "uint32"}])
+    cfg([u16("word", 8), u16("word_again", 8, scale=0.1), {"name": "b0", "address": 8, "type": "bit", "bit": 0}])
 
 
 def spans(config: ModbusDeviceConfig) -> list[tuple[str, int, int]]:
@@ -78,7 +92,7 @@ def test_one_based_addresses_are_shifted_to_the_protocol() -> None:
 def test_overlapping_tags_share_a_block() -> None:
     tags = [{"name": f"b{i}", "address": 8, "type": "bit", "bit": i} for i in range(16)]
     tags += [u16("word", 8), {"name": "dword", "address": 7, "type": "uint32"}]
-    assert spans(cfg(tags)) == [("holding", 7, 2)]
+    assert spans(overlapping_cfg(tags)) == [("holding", 7, 2)]
 
 
 def test_a_tag_wider_than_the_request_limit_is_a_config_error() -> None:
@@ -150,7 +164,7 @@ def test_overlapping_fields_decode_independently() -> None:
             {"name": "lo_swapped", "address": 1, "type": "uint16", "order": "BADC"},
             {"name": "bit0", "address": 1, "type": "bit", "bit": 0},
             {"name": "bit15", "address": 0, "type": "bit", "bit": 15}]
-    got = decode(cfg(tags), [0x8001, 0x0203])
+    got = decode(overlapping_cfg(tags), [0x8001, 0x0203])
     assert got == {"dword": 0x80010203, "hi": 0x8001, "lo": 0x0203, "lo_swapped": 0x0302,
                    "bit0": True, "bit15": True}
 
