@@ -318,8 +318,8 @@ class DuckDBBuffer:
         last = first + telemetry.num_rows - 1
         seq = pa.array(np.arange(first, last + 1, dtype=np.int64))
         batch = telemetry.select([f.name for f in TELEMETRY_SCHEMA]).add_column(0, "seq", seq)
-        con.execute("BEGIN")
         try:
+            con.execute("BEGIN")  # inside the try: see _commit_held
             _insert_arrow(con, "telemetry", batch)
             # a plain UPDATE of the row made at open: an upsert costs ~5 ms of CPU per commit
             con.execute("UPDATE streams SET last_seq = ? WHERE stream = 'telemetry'", [last])
@@ -383,8 +383,10 @@ class DuckDBBuffer:
 
     def _commit_held(self) -> None:
         con = self._records
-        con.execute("BEGIN")
         try:
+            # inside the try: after a commit the disk refused, the transaction may still be aborted;
+            # BEGIN then fails, is rolled back below and retried later, never kills the writer
+            con.execute("BEGIN")
             for stream in RECORD_STREAMS:
                 held = self._held[stream]
                 if not held:
