@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from linetap.agent import unit_resume as resume
-from linetap.agent.records import Event, Quality, SampleBatch
+from linetap.agent.records import Event, Quality, SampleBatch, json_number
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
 
@@ -395,13 +395,18 @@ class StationAssembler:
         elif truncated and p.reduce not in ("start", "at"):
             # A value over part of a cycle is not the unit's value: neither pass nor fail.
             out["verdict"], out["reason"] = "incomplete", f"the unit ended early ({truncated})"
-        elif p.limits is not None and p.reduce != "trace" and _is_number(value) and (b := p.limits.breach(value)):
+        elif p.limits is not None and p.reduce != "trace" and not _is_number(value) and type(value) is not bool:
+            # a NaN (or a text) is outside no limit, and inside none either: never a pass
+            out["verdict"], out["reason"] = "incomplete", f"{p.tag} gave {json_number(value)!r}, not a number: " \
+                                                          "cannot be judged against the limits"
+        elif p.limits is not None and p.reduce != "trace" and (b := p.limits.breach(value)):
             out["verdict"], out["reason"] = "fail", f"{b[0]} limit {b[1]:g} breached"
             events.append(self._nc_event(ps, value, b, ts, during_cycle=False, unit=unit))
         else:
             out["verdict"], out["reason"] = "pass", None
         if out["verdict"] == "pass" and p.limits is None:
             out["verdict"] = "recorded"
+        out["value"] = _json_value(out["value"])
         return out
 
     def _nc_event(self, ps: _ParamState, value: Any, breach: tuple[str, float], ts: int, *, during_cycle: bool,
@@ -412,9 +417,17 @@ class StationAssembler:
                     limit=breach[0], limit_value=breach[1])
         return Event("nonconformance", ts, self.cfg.device, self.cfg.name, {
             "serial": unit.serial, "operator": unit.operator, "parameter": p.name, "reduce": p.reduce,
-            "value": value, "limit": breach[0], "limit_value": breach[1], "unit": p.unit, "spec": p.spec,
+            "value": json_number(value), "limit": breach[0], "limit_value": breach[1], "unit": p.unit,
+            "spec": p.spec,
             "unit_started_at": unit.started_at, "during_cycle": during_cycle,
         })
+
+
+def _json_value(value: Any) -> Any:
+    """A parameter value for the record body: non-finite floats as text (also inside a trace)."""
+    if type(value) is list:
+        return [[t, json_number(v)] for t, v in value]
+    return json_number(value)
 
 
 def _is_number(v: Any) -> bool:

@@ -4,7 +4,7 @@ Envelopes (JSON Schemas in `config/schemas/`):
 
 - telemetry, many samples of one device per message, contiguous seqs (sample i has seq + i)::
 
-    {"schema": "linetap.telemetry/1", "id": "<agent>/telemetry/<first>-<last>", "agent": ...,
+    {"schema": "linetap.telemetry/2", "id": "<agent>/telemetry/<first>-<last>", "agent": ...,
      "stream": "telemetry", "seq": first, "seq_last": last, "count": n, "sent_at": us,
      "device": ..., "station": ...,
      "samples": {"tag": [...], "value": [...], "quality": [...], "reason": [...],
@@ -43,9 +43,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from linetap.agent.records import StoredRecord
+from linetap.agent.records import StoredRecord, VType
 
-TELEMETRY_SCHEMA_ID = "linetap.telemetry/1"
+TELEMETRY_SCHEMA_ID = "linetap.telemetry/2"  # 2: typed values (see json_values)
 UNIT_SCHEMA_ID = "linetap.unit/1"
 EVENT_SCHEMA_ID = "linetap.event/1"
 STATUS_SCHEMA_ID = "linetap.status/1"
@@ -153,12 +153,9 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     seq_np = table.column("seq").to_numpy()
     device = table.column("device").combine_chunks()
     codes = device.dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    num = table.column("num").to_pylist()
-    text_col = table.column("text")
-    if text_col.null_count == len(text_col):
-        value = num
-    else:
-        value = [t if n is None else n for n, t in zip(num, text_col.to_pylist(), strict=True)]
+    value = json_values(table.column("num"), table.column("text"),
+                        table.column("vtype").to_numpy(zero_copy_only=False) if "vtype" in table.column_names
+                        else None)
     quality = table.column("quality").to_numpy(zero_copy_only=False)
     agent_ts = table.column("agent_ts")
     return TelemetryChunk(
@@ -172,6 +169,39 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
         agent_ts=agent_ts.to_pylist(),
         spans=message_spans(seq_np, codes, batch, agent_ts.to_numpy()),
     )
+
+
+def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray | None) -> list[Any]:
+    """The `value` column of telemetry messages (see `VType`): integers as JSON integers, booleans
+    as true/false, floats as stored (a float32 is stored as its shortest decimal already), the
+    non-finite floats as "NaN" / "Infinity" / "-Infinity", text where there is text, null where
+    there is no value. Column at a time (numpy masks): no Python loop per sample."""
+    values = num.to_pylist()
+    n = len(values)
+    if n == 0:
+        return values
+    num_np = num.to_numpy()  # nulls as NaN
+    has_num = ~num.is_null().to_numpy(zero_copy_only=False)
+    nonfinite = has_num & ~np.isfinite(num_np)
+    special = vtype is not None and bool((vtype >= VType.INT).any())
+    if not special and not nonfinite.any() and text.null_count == n:
+        return values  # floats and nulls only (the bulk of telemetry)
+    out = np.empty(n, dtype=object)
+    out[:] = values
+    if vtype is not None:
+        m = has_num & (vtype == VType.INT)
+        if m.any():
+            out[m] = num_np[m].astype(np.int64)  # Python ints
+        m = has_num & (vtype == VType.BOOL)
+        if m.any():
+            out[m] = num_np[m] != 0  # Python bools
+    if nonfinite.any():
+        bad = num_np[nonfinite]
+        out[nonfinite] = np.where(np.isnan(bad), "NaN", np.where(bad > 0, "Infinity", "-Infinity")).astype(object)
+    if text.null_count != n:
+        has_text = ~text.is_null().to_numpy(zero_copy_only=False)
+        out[has_text] = text.to_numpy(zero_copy_only=False)[has_text]
+    return out.tolist()
 
 
 def telemetry_id(agent: str, first: int, last: int) -> str:

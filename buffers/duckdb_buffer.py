@@ -45,7 +45,13 @@ import structlog
 from linetap.agent.integrity import GENESIS, record_hash
 from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
 
-SCHEMA_VERSION = "2"  # 2: events and units in the records file
+SCHEMA_VERSION = "3"  # 2: events and units in the records file; 3: telemetry.vtype
+# Versions this linetap opens and brings up to SCHEMA_VERSION (in one transaction, at open).
+_MIGRATIONS = {
+    # a version-2 row was written out as a float whatever its type: VType.FLOAT64 keeps its messages
+    # byte for byte what they were (a re-send after the upgrade has the same content)
+    "2": ["ALTER TABLE telemetry ADD COLUMN vtype UTINYINT DEFAULT 0"],
+}
 # Both files are attached under fixed names, so no SQL identifier is ever built from a file name
 # (a buffer called `demo-buffer.duckdb`, `select.duckdb` or `line 3 – A/1.duckdb` is just a path).
 BUFFER_DB = "linetap_buffer"  # the buffer file's name inside the connection
@@ -61,7 +67,8 @@ CREATE TABLE IF NOT EXISTS streams (stream VARCHAR PRIMARY KEY, last_seq BIGINT 
 CREATE TABLE IF NOT EXISTS cursors (sink VARCHAR NOT NULL, stream VARCHAR NOT NULL, seq BIGINT NOT NULL,
                                     updated_at BIGINT NOT NULL, PRIMARY KEY (sink, stream));
 CREATE TABLE IF NOT EXISTS telemetry (seq BIGINT NOT NULL, device VARCHAR, tag VARCHAR, num DOUBLE, text VARCHAR,
-                                      quality UTINYINT, reason VARCHAR, source_ts BIGINT, agent_ts BIGINT);
+                                      quality UTINYINT, reason VARCHAR, source_ts BIGINT, agent_ts BIGINT,
+                                      vtype UTINYINT DEFAULT 0);
 """
 _RECORDS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {RECORDS_DB}.meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -254,7 +261,11 @@ class DuckDBBuffer:
                 [SCHEMA_VERSION, self.agent_id, str(now_us())],
             )
             return
-        if rows.get("schema_version") != SCHEMA_VERSION:
+        version = rows.get("schema_version")
+        if version in _MIGRATIONS and rows.get("agent_id") == self.agent_id:
+            self._migrate(version)
+            version = SCHEMA_VERSION
+        if version != SCHEMA_VERSION:
             raise BufferError(f"buffer {self.path} has schema version {rows.get('schema_version')}, "
                               f"this linetap writes version {SCHEMA_VERSION}: let the linetap that wrote it "
                               "deliver it (or `linetap export` it), then move it away")
@@ -263,6 +274,18 @@ class DuckDBBuffer:
                 f"buffer {self.path} belongs to agent {rows.get('agent_id')!r}, not {self.agent_id!r}: "
                 "record ids would mix. Point buffer.path elsewhere or keep the agent id."
             )
+
+    def _migrate(self, version: str) -> None:
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in _MIGRATIONS[version]:
+                self._con.execute(statement)
+            self._con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [SCHEMA_VERSION])
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        log.info("buffer upgraded", path=str(self.path), schema_from=version, schema_to=SCHEMA_VERSION)
 
     def _check_records_identity(self) -> None:
         """The records file belongs to this buffer file (the same `created_at`)."""

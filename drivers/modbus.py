@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from linetap.agent.records import Quality, SampleBatch, now_us
+from linetap.agent.records import Quality, SampleBatch, now_us, shortest_float32
 from linetap.config.issues import At
 from linetap.config.units import Duration
 
@@ -319,6 +319,8 @@ class _DecodePlan:
     single: bool = False  # pick returns a scalar (one tag)
     fixups: list[tuple[int, Callable[[Any], Any]]] = field(default_factory=list)
     strings: list[int] = field(default_factory=list)  # tag positions holding raw bytes to decode
+    float32: list[int] = field(default_factory=list)  # tag positions of float32 values (shortest decimal)
+    all_float32: bool = False  # every tag of the block is a float32 (one conversion for the block)
     regs_struct: struct.Struct | None = None
 
 
@@ -404,6 +406,9 @@ def _build_decode_plan(block: ReadBlock, first: int, addressing: str) -> _Decode
             plan.strings.append(i)
         elif (fix := _identity_fixups(tag)) is not None:
             plan.fixups.append((i, fix))
+        if tag.type == "float32":  # scaled ones too: scale the PLC's 1.743, not 1.7430000305175781
+            plan.float32.append(i)
+    plan.all_float32 = len(plan.float32) == len(block.tags)
     return plan
 
 
@@ -453,6 +458,10 @@ class ModbusDriver(PollingDriver):
             names.extend(t.name for t in block.tags)
         self._names = names
         self._good = [Quality.GOOD] * len(names)
+        # samples written as float32s (`SampleBatch.float32`): the device's own float32 values;
+        # a scaled one is arithmetic done here, a float64
+        float32 = [t.type == "float32" and t.scale == 1.0 and t.offset == 0.0 for b in self.blocks for t in b.tags]
+        self._float32 = float32 if any(float32) else None
         self._client: AsyncModbusTcpClient | None = None
         self._connect_error: BaseException | None = None
         self._lost_cause: str | None = None  # what ended the connection, as pymodbus saw it
@@ -614,7 +623,7 @@ class ModbusDriver(PollingDriver):
         else:
             self._silent_polls = 0
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
-                           reason=reason, agent_ts=agent_ts)
+                           reason=reason, agent_ts=agent_ts, float32=self._float32)
 
     def _split(self, bi: int) -> bool:
         """Replace plan `bi` by smaller requests (for the rest of this connection's life and after)."""
@@ -721,6 +730,11 @@ class ModbusDriver(PollingDriver):
             else:
                 picked = plan.pick(fields)
                 out = [picked] if plan.single else list(picked)
+            if plan.all_float32:
+                out = shortest_float32(out)
+            elif plan.float32:
+                for i, v in zip(plan.float32, shortest_float32([out[i] for i in plan.float32]), strict=True):
+                    out[i] = v
             for i in plan.strings:
                 out[i], why = _decode_string(out[i])
                 if why is not None:

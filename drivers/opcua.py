@@ -41,9 +41,10 @@ from typing import Any, Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from linetap.agent.records import Quality, SampleBatch, now_us
+from linetap.agent.records import Quality, SampleBatch, now_us, shortest_float32
 from linetap.config.secrets import FileProblem, secret_value
 from linetap.config.units import Duration
+from linetap.drivers.opcua_types import FLOAT
 
 from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
 
@@ -837,18 +838,21 @@ class OpcUaDriver(Driver):
         n_names = len(names)
 
         def emit(changes) -> None:
-            """One SampleBatch of (client handle, (value, quality, reason, source_ts)) pairs."""
+            """One SampleBatch of (client handle, (value, quality, reason, source_ts), Variant type)."""
             agent_ts = now_us()
             tags: list[str] = []
             values: list[Any] = []
             quality: list[int] = []
             reason: list[str | None] = []
             source: list[int | None] = []
+            floats: list[int] = []  # positions of Float (float32) values
             check = self._types.check
-            for h, (v, q, r, s) in changes:
+            for h, (v, q, r, s), vt in changes:
                 h -= 1
                 if 0 <= h < n_names:
-                    v, q, r = check(h, v, q, r)
+                    v, q, r = check(h, v, q, r, vt)
+                    if vt == FLOAT and type(v) is float:
+                        floats.append(len(values))
                     tags.append(names[h])
                     values.append(v)
                     quality.append(q)
@@ -857,7 +861,8 @@ class OpcUaDriver(Driver):
             if tags:
                 self.notifications += len(tags)
                 queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
-                                             reason=reason, agent_ts=agent_ts, source_ts=source))
+                                             reason=reason, agent_ts=agent_ts, source_ts=source,
+                                             float32=_float32_marks(values, floats)))
 
         def on_publish(result: ua.PublishResult | _DataChanges) -> None:
             if gen != self._generation:
@@ -866,13 +871,14 @@ class OpcUaDriver(Driver):
             self.publish_responses += 1
             if type(result) is _DataChanges:  # decoded by _decode_data_changes
                 self.fast_responses += 1
-                emit((h, _convert_raw(raw, code, src)) for h, raw, code, src in result.items)
+                emit((h, _convert_raw(raw, code, src), vt) for h, raw, code, src, vt in result.items)
                 return
             changes = []
             for notif in result.NotificationMessage.NotificationData or ():
                 items = getattr(notif, "MonitoredItems", None)
                 if items is not None:
-                    changes.extend((item.ClientHandle, convert(item.Value)) for item in items)
+                    changes.extend((item.ClientHandle, convert(item.Value), _variant_type(item.Value))
+                                   for item in items)
                 elif isinstance(notif, ua.StatusChangeNotification):
                     queue.put_nowait(_Lost(f"subscription ended by the server ({notif.Status.name})"))
             emit(changes)
@@ -942,6 +948,7 @@ class OpcUaDriver(Driver):
         for i, why in self._resolve_errors.items():
             reason[i] = why
         todo = [i for i in range(n) if self._nodeids[i] is not None]
+        floats: list[int] = []  # positions of Float (float32) values
         per_call = self._per_call("MaxNodesPerRead")
         convert = self._convert_dv
         for chunk in _chunks(todo, per_call):
@@ -965,10 +972,14 @@ class OpcUaDriver(Driver):
             except BaseException as exc:
                 raise self._lost(describe_error(exc, self.config.timeout)) from None
             for i, dv in zip(chunk, results, strict=False):
+                vt = _variant_type(dv)
                 values[i], quality[i], reason[i], source[i] = convert(dv)
-                values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i])
+                values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i], vt)
+                if vt == FLOAT and type(values[i]) is float:
+                    floats.append(i)
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
-                           reason=reason, agent_ts=agent_ts, source_ts=source)
+                           reason=reason, agent_ts=agent_ts, source_ts=source,
+                           float32=_float32_marks(values, floats))
 
     # --- samples -------------------------------------------------------------------------
 
@@ -1042,6 +1053,28 @@ class OpcUaDriver(Driver):
                             _us(ts) if ts is not None else None)
 
 
+def _variant_type(dv) -> int:
+    """The built-in type id of a DataValue's Variant (0: Null), with the array bit (0x80)."""
+    variant = dv.Value
+    if variant is None:
+        return 0
+    vt = variant.VariantType.value
+    return vt | 0x80 if isinstance(variant.Value, list | tuple) else vt
+
+
+def _float32_marks(values: list[Any], floats: list[int]) -> list[bool] | None:
+    """Float values as the shortest decimal of the server's float32 (in place), and the marks for
+    `SampleBatch.float32`; None when there is none."""
+    if not floats:
+        return None
+    for i, v in zip(floats, shortest_float32([values[i] for i in floats]), strict=True):
+        values[i] = v
+    marks = [False] * len(values)
+    for i in floats:
+        marks[i] = True
+    return marks
+
+
 def _convert_raw(raw: Any, code: int, src: int | None) -> tuple[Any, int, str | None, int | None]:
     """(value, quality, reason, source_ts) from a decoded value, its StatusCode and source time (µs)."""
     severity = code & 0xC0000000
@@ -1092,7 +1125,7 @@ class _DataChanges:
     __slots__ = ("NotificationData", "SequenceNumber", "SubscriptionId", "items")
 
     def __init__(self, subscription_id: int, sequence: int, notifications: int,
-                 items: list[tuple[int, Any, int, int | None]]) -> None:
+                 items: list[tuple[int, Any, int, int | None, int]]) -> None:
         self.SubscriptionId = subscription_id
         self.SequenceNumber = sequence
         self.NotificationData = [None] * notifications
@@ -1125,7 +1158,7 @@ def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> _DataChanges:
     seq = _U32.unpack_from(raw, pos)[0]
     count = _I32.unpack_from(raw, pos + 12)[0]  # after the PublishTime
     pos += 16
-    items: list[tuple[int, Any, int, int | None]] = []
+    items: list[tuple[int, Any, int, int | None, int]] = []
     append = items.append
     scalars = _SCALAR_FORMATS
     u32_from, i32_from, i64_from = _U32.unpack_from, _I32.unpack_from, _I64.unpack_from
@@ -1151,6 +1184,7 @@ def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> _DataChanges:
             if mask & 0x30:  # picoseconds
                 raise _NotFast
             value = None
+            vtype = 0
             if mask & 0x01:
                 vtype = raw[pos]
                 pos += 1
@@ -1179,7 +1213,7 @@ def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> _DataChanges:
                 pos += 8
                 if src is None:
                     src = server
-            append((handle, value, code, src))
+            append((handle, value, code, src, vtype))
         if pos != end and i32_from(raw, pos)[0] not in (-1, 0):  # DiagnosticInfos
             raise _NotFast
         pos = end

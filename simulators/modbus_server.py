@@ -136,7 +136,9 @@ def encode_registers(value: Any, type: str, order: str = "ABCD", length: int | N
 
 
 def _as_float32(x: float) -> float:
-    return struct.unpack(">f", struct.pack(">f", x))[0]
+    """What a float32 register holding `x` reads as: the shortest decimal that reads back as the
+    same float32 (numpy's own repr of the float32, independent of linetap's decoder)."""
+    return float(str(np.float32(struct.unpack(">f", struct.pack(">f", x))[0])))
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ KNOWN_VALUES: dict[str, tuple[ua.VariantType, Any, Any]] = {
     "UInt32": (ua.VariantType.UInt32, 4_000_000_000, 4_000_000_000),
     "Int64": (ua.VariantType.Int64, -(2**62), -(2**62)),
     "UInt64": (ua.VariantType.UInt64, 2**64 - 2, 2**64 - 2),
-    "Float": (ua.VariantType.Float, 1.5, 1.5),
+    "Float": (ua.VariantType.Float, 1.743, 1.743),  # read as float32: the shortest decimal, not 1.7430000305175781
     "Double": (ua.VariantType.Double, 12345.678901234567, 12345.678901234567),
     "String": (ua.VariantType.String, "Héllo PLC", "Héllo PLC"),
     "DateTime": (ua.VariantType.DateTime, _T0, "2026-01-02T03:04:05.678000Z"),

@@ -48,11 +48,11 @@ def test_telemetry_columns_values_and_quality():
     assert topic == "acme/p1/a1/l1/sealer1/telemetry" and (first, last) == (11, 16)
     assert {k: d[k] for k in ("schema", "id", "agent", "stream", "seq", "seq_last", "count", "sent_at", "device",
                               "station")} == {
-        "schema": "linetap.telemetry/1", "id": "ag-1/telemetry/11-16", "agent": "ag-1", "stream": "telemetry",
+        "schema": "linetap.telemetry/2", "id": "ag-1/telemetry/11-16", "agent": "ag-1", "stream": "telemetry",
         "seq": 11, "seq_last": 16, "count": 6, "sent_at": 99, "device": "press1", "station": "sealer1"}
     assert d["samples"] == {
         "tag": ["f", "b", "s", "big", "none", "raw"],
-        "value": [1.25, 0.0, "x", str(-(2**60)), None, "01ff"],
+        "value": [1.25, False, "x", str(-(2**60)), None, "01ff"],
         "quality": ["good", "good", "good", "uncertain", "bad", "good"],
         "reason": [None, None, None, "stale", "timeout", None],
         "source_ts": [1, 2, 3, None, None, 6],
@@ -128,7 +128,7 @@ def test_status_and_schema_rejects_garbage():
     with pytest.raises(ValidationError):
         V["status"].validate({**d, "state": "sleeping"})
     with pytest.raises(ValidationError):
-        V["telemetry"].validate({"schema": "linetap.telemetry/1"})
+        V["telemetry"].validate({"schema": "linetap.telemetry/2"})
 
 
 def test_unknown_device_uses_its_name_as_station():
