@@ -370,7 +370,7 @@ def _telemetry_tables(rows: int, devices: int = 4, tags: int = 1000, variants: i
         out.append(pa.Table.from_arrays([
             pa.concat_arrays(cols["device"]), pa.concat_arrays(cols["tag"]), pa.concat_arrays(cols["num"]),
             pa.nulls(n, pa.string()), pa.array(np.zeros(n, dtype=np.uint8)), pa.nulls(n, pa.string()),
-            pa.nulls(n, pa.int64()), pa.concat_arrays(cols["agent_ts"]),
+            pa.nulls(n, pa.int64()), pa.concat_arrays(cols["agent_ts"]), pa.array(np.zeros(n, dtype=np.uint8)),
         ], schema=TELEMETRY_SCHEMA))
     return out
 

@@ -149,17 +149,21 @@ class DuckDBBuffer:
         self.records_path = records_path(self.path)
         _check_place(self.path)
         existed = self.path.exists() and self.path.stat().st_size > 0
-        self._con = duckdb.connect(":memory:")
+        # Bounded cache: DuckDB's default (80% of RAM) keeps every block it wrote, so the agent
+        # would grow with the file. One thread: batches are small, the other core is the agent's.
+        # What the bounded cache spills goes beside the buffer, not into the caller's working folder.
+        # All three are set when the connection is made, before the ATTACH: replaying the WAL a
+        # kill -9 left behind already spills, and DuckDB refuses to switch the temp directory once
+        # it has been used ("Cannot switch temporary directory", found by the 10-minute soak).
+        try:
+            self._con = duckdb.connect(":memory:", config={
+                "memory_limit": f"{int(memory_limit)}B", "threads": 1,
+                "temp_directory": str(self.path.with_name(self.path.name + ".tmp"))})
+        except duckdb.Error as exc:
+            raise BufferError(f"cannot open buffer {self.path}: {_first_line(exc)}") from None
         try:
             self._attach(self.path, BUFFER_DB, "")
             self._con.execute(f"USE {BUFFER_DB}")
-            # Bounded cache: DuckDB's default (80% of RAM) keeps every block it wrote, so the agent
-            # would grow with the file. One thread: batches are small, the other core is the agent's.
-            self._con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
-            self._con.execute("SET threads = 1")
-            # what the bounded cache spills goes beside the buffer, not into the caller's working folder
-            spill = str(self.path.with_name(self.path.name + ".tmp")).replace("'", "''")
-            self._con.execute(f"SET temp_directory = '{spill}'")
             self._con.execute(_DDL)
             initialized = self._con.execute("SELECT count(*) FROM meta").fetchall()[0][0] > 0
         except duckdb.Error as exc:

@@ -12,6 +12,7 @@ import pytest
 
 from linetap.agent.records import TELEMETRY_SCHEMA, Event
 from linetap.buffers import BufferCorrupt, BufferError, DuckDBBuffer
+from linetap.buffers.duckdb_buffer import DEFAULT_MEMORY_LIMIT
 
 NAMES = ["demo-buffer.duckdb", "heat-sealer-buffer.duckdb", "linetap-buffer.duckdb", "select.duckdb",
          "1line.duckdb", "line 3 – A/buffer.duckdb", "x.y.z.duckdb", "ünï-cödé.duckdb", "it's.duckdb",
@@ -24,7 +25,8 @@ def samples(n: int, start: float = 0.0) -> pa.Table:
         "device": ["sealer1"] * n, "tag": ["seal_temperature"] * n, "num": np.arange(start, start + n),
         "text": pa.nulls(n, pa.string()), "quality": pa.array([0] * n, pa.uint8()),
         "reason": pa.nulls(n, pa.string()), "source_ts": pa.nulls(n, pa.int64()),
-        "agent_ts": pa.array([1_000] * n, pa.int64())}, schema=pa.schema(list(TELEMETRY_SCHEMA)))
+        "agent_ts": pa.array([1_000] * n, pa.int64()), "vtype": pa.array([0] * n, pa.uint8())},
+        schema=pa.schema(list(TELEMETRY_SCHEMA)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,3 +107,42 @@ def test_a_duckdb_file_of_another_shape_is_named_not_damaged(tmp_path):
     assert not isinstance(err.value, BufferCorrupt), err.value
     assert str(path) in str(err.value)
     assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np, pyarrow as pa
+from linetap.buffers import DuckDBBuffer
+from linetap.agent.records import TELEMETRY_SCHEMA
+buf = DuckDBBuffer(sys.argv[1], "sealing-line-1")
+buf._con.execute("SET checkpoint_threshold = '10GB'")  # killed between two checkpoints: a long WAL
+n = 50_000
+tags = pa.array([f"load_{i % 1000:04d}" for i in range(n)])
+for k in range(int(sys.argv[2])):
+    buf.append(pa.Table.from_arrays([
+        pa.repeat(pa.scalar("sealer1"), n), tags, pa.array(np.random.rand(n)), pa.nulls(n, pa.string()),
+        pa.array(np.zeros(n, np.uint8)), pa.nulls(n, pa.string()), pa.nulls(n, pa.int64()),
+        pa.array(np.full(n, 1000 + k, np.int64)), pa.array(np.zeros(n, np.uint8))], schema=TELEMETRY_SCHEMA))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_long_wal_left_by_kill_9_is_replayed_at_open(tmp_path):
+    """Replaying a WAL larger than the buffer's memory limit spills to the temp directory during
+    the ATTACH; the temp directory set after it was refused and the agent could not start again
+    after a kill -9 (exit 3, "Cannot switch temporary directory"; found by the soak)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "line pc-1"
+    folder.mkdir()
+    path = folder / "heat-sealer-buffer.duckdb"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path), "20"], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    wal = path.with_name(path.name + ".wal")
+    assert wal.stat().st_size > 2 * DEFAULT_MEMORY_LIMIT  # the case: more WAL than cache
+    buf = DuckDBBuffer(path, "sealing-line-1")
+    try:
+        assert buf._con.execute("SELECT count(*), max(seq) FROM telemetry").fetchall() == [(1_000_000, 1_000_000)]
+    finally:
+        buf.close()

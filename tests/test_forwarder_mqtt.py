@@ -77,6 +77,7 @@ def big_table(device: str, n: int, first_value: float = 0.0) -> pa.Table:
             pa.nulls(n, pa.string()),
             pa.array(ts - 7 + np.arange(n, dtype=np.int64) % 50),
             pa.array(ts),
+            pa.array(np.zeros(n, dtype=np.uint8)),
         ],
         schema=TELEMETRY_SCHEMA,
     )
