@@ -54,6 +54,7 @@ log = structlog.get_logger("linetap.forwarder")
 
 RECORD_STREAMS = ("events", "units")
 CURSOR_FLUSH_INTERVAL = 0.1  # s: cursors are written at most this often while messages are in flight
+READ_RETRY = 1.0  # s: between reads of a buffer whose reads fail (a full disk)
 IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
 CONNECT_TIMEOUT = 10.0  # s: TCP + TLS + CONNACK
 SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs (and the `offline` status's)
@@ -143,6 +144,7 @@ class MQTTForwarder:
         self._acked: dict[str, int] = {}  # cursor in memory
         self._stored: dict[str, int] = {}  # cursor in the buffer
         self._last_flush = 0.0
+        self._read_fault: str | None = None  # cause of the buffer reads failing now (a full disk)
         self._chunk = None  # telemetry rows read but not yet turned into messages
         self._spans: deque[tuple[int, int]] = deque()
         self._status_mid: int | None = None
@@ -389,7 +391,15 @@ class MQTTForwarder:
             wake.clear()
             self._raise_if_lost()
             self._send_queued()
-            await self._fill()
+            try:
+                await self._fill()
+            except BufferWriteFailed as exc:  # a read that must spill, on a full disk: wait, read again
+                self._read_failed(exc)
+                await self._sleep(READ_RETRY)
+                continue
+            if self._read_fault is not None:
+                log.info("buffer readable again", after=self._read_fault)
+                self._read_fault = None
             self._raise_if_lost()
             await self._flush_cursors()
             if wake.is_set():
@@ -398,6 +408,15 @@ class MQTTForwarder:
             if self._acked != self._stored:
                 timeout = max(0.0, self._last_flush + CURSOR_FLUSH_INTERVAL - time.monotonic())
             await self._sleep(timeout)
+
+    def _read_failed(self, exc: BufferWriteFailed) -> None:
+        """Loudly once, then quietly until a read succeeds again. What is already in flight or
+        offered from memory (events, unit records) goes on being sent."""
+        if self._read_fault is None:
+            log.warning("buffer read failed; retrying every second", cause=exc.cause, error=str(exc))
+        else:
+            log.debug("buffer read failed", cause=exc.cause)
+        self._read_fault = exc.cause
 
     async def _sleep(self, timeout: float) -> None:
         """Until woken (ack, notify, loss) or `timeout` s. Not `asyncio.wait_for`: on Python 3.11

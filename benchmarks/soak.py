@@ -33,7 +33,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from benchmarks.common import free_port
-from benchmarks.soak_units import check_units
+from benchmarks.soak_units import IN_FLIGHT, check_units
 from linetap.agent.verify import verify
 from linetap.buffers import DuckDBBuffer
 from linetap.config.loader import load_config
@@ -127,6 +127,7 @@ class Soak:
         self.faults: dict[str, int] = {"kill -9 agent": 0, "broker down": 0, "PLC frozen": 0}
         if self.disk_mounted:
             self.faults["disk full"] = 0
+        self.kills: list[tuple[float, float]] = []  # (killed, agent back) of each kill -9
         self.outages: list[tuple[float, float]] = []  # wall-clock spans the agent could not see the station
         self.capture = open(work / "capture.jsonl", "wb")  # noqa: SIM115
         self.lock = threading.Lock()
@@ -194,6 +195,7 @@ class Soak:
             time.sleep(rng.uniform(0.5, 2))
             self.start_agent()
             self.outages[-1] = (killed, self.outages[-1][1])
+            self.kills.append(self.outages[-1])
         elif kind == "broker down":
             self.broker.terminate()
             self.broker.wait()
@@ -273,7 +275,7 @@ def report(soak: Soak, minutes: float) -> int:
     buf.close()
     capture = soak.work / "capture.jsonl"
     checked = verify([capture])
-    units = check_units(soak.work / "truth.json", capture, soak.outages)
+    units = check_units(soak.work / "truth.json", capture, soak.outages, soak.kills)
     kinds: Counter = Counter()
     gaps: dict[int, int] = {}  # seq -> samples named; from the capture (the size cap purges delivered events)
     for line in capture.read_bytes().splitlines():
@@ -300,6 +302,8 @@ def report(soak: Soak, minutes: float) -> int:
         ("... with exactly one unit record", str(units.recorded - len(units.doubled))),
         ("... made entirely while the agent or the PLC was down (cannot be seen)",
          f"{len(units.missing_in_outage)} {units.missing_in_outage[:5]}"),
+        (f"... started < {IN_FLIGHT:g} s before a kill -9, ended before the agent was back (nothing committed yet)",
+         f"{len(units.lost_in_flight)} {units.lost_in_flight[:5]}"),
         ("... missing otherwise (silent hole)", f"{len(units.missing)} {units.missing[:5]}"),
         ("... with two unit records", f"{len(units.doubled)} {units.doubled[:5]}"),
         ("unit records by verdict", ", ".join(f"{k} {v}" for k, v in sorted(units.verdicts.items()))),

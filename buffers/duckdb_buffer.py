@@ -789,6 +789,13 @@ class AsyncBuffer:
         except duckdb.Error as exc:
             if _is_damage(exc):  # at any time, not only at open: the agent must stop in order
                 raise BufferDamaged(f"buffer {self.path} is damaged: {_first_line(exc)}") from None
+            # A read spills to `<buffer>.tmp` beside the buffer: on a full disk a read fails the way a
+            # commit does, and is an operating state like it (found by the soak: a records read on a
+            # full disk killed the forwarder)
+            text = str(exc)
+            cause = next((cause for marker, cause in _WRITE_FAILURES if marker in text), None)
+            if cause is not None and isinstance(exc, duckdb.IOException):
+                raise BufferWriteFailed(f"cannot use buffer {self.path}: {_first_line(exc)}", cause) from None
             raise
 
     async def append(self, telemetry: pa.Table | None = None, events: Sequence[Event] = (),

@@ -578,3 +578,39 @@ async def test_an_offered_event_goes_out_while_the_buffer_thread_is_busy(broker,
         assert not busy.done() and waited < 2.0, "the event waited for the buffer thread"
         await busy
     check_stream(data(msgs)["events"], "events", 1, allow_duplicates=False)
+
+
+@pytest.mark.timeout(60)
+async def test_reads_failing_on_a_full_disk_are_retried_not_fatal(broker, capture, buf, monkeypatch):
+    """A read spills to `<buffer>.tmp`; on a full disk DuckDB raises IOException "No space left on
+    device" from a read (seen in the soak: it killed the forwarder). Now: a warning, a retry every
+    second, and everything delivered once the reads work again."""
+    import duckdb
+    from structlog.testing import capture_logs
+
+    for i in range(6):
+        await buf.append(events=[event(i)], units=[unit(i)], telemetry=mixed_batch("press1", i))
+    expected = await last_seqs(buf)
+    real = buf._buffer.read_records
+    failures = {"left": 3}
+
+    def read_records(*args):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise duckdb.IOException('IO Error: Could not write file "heat-sealer-buffer.duckdb.tmp/duckdb_temp_1.tmp": '
+                                     "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(buf._buffer, "read_records", read_records)
+    with capture_logs() as logs:
+        async with forwarding(line_config(broker), buf) as fwd:
+            msgs = await capture.until(have_all(expected), timeout=20)
+            assert fwd.stats.connected
+    assert failures["left"] == 0
+    streams = data(msgs)
+    for stream in ("events", "units", "telemetry"):
+        check_stream(streams[stream], stream, expected[stream], allow_duplicates=False, validate=None)
+    failed = [e for e in logs if e["event"].startswith("buffer read failed")]
+    assert [e["log_level"] for e in failed] == ["warning", "debug", "debug"]
+    assert failed[0]["cause"] == "disk_full"
+    assert [e["event"] for e in logs if e["event"] == "buffer readable again"] == ["buffer readable again"]
