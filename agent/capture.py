@@ -69,6 +69,7 @@ class _Unit:
     interrupted: dict[str, int] | None = None  # resumed after a restart: {"from", "to"} without data
     before_agent: bool = False  # already under way at the agent's first poll: the start is unknown
     after_loss: bool = False  # ... at the first poll after the device came back (before_agent is set too)
+    serial_changed: bool = False  # opened when the serial changed mid-cycle (before_agent is set too)
     lost: bool = False  # closed at a restart without any data (no longer in progress)
 
 
@@ -140,6 +141,15 @@ class StationAssembler:
                 self._open(ts, events, before_agent=True)
             self._after_loss = False
 
+        if self.unit is not None and not (fired_end or fired_start) and self._serial_changed(idx, good):
+            # the cycle's end and the next start fell between two polls (or the PLC moved on)
+            new, old = self._serial(), self.unit.serial
+            log.warning("serial changed mid-cycle: unit closed, a new one opened", station=self.cfg.name,
+                        serial=old, new_serial=new)
+            self._close(ts, units, events, incomplete=f"serial changed to {new} while {self.start.tag} "
+                        "stayed on: the end of this unit was not seen")
+            self._open(ts, events, before_agent=True, serial_changed=True)
+            fired_start = False
         if self.unit is not None and (fired_end or (self.end is None and fired_start)):
             self._feed_end_values(idx, values, quality, batch.reason, ts)
             self._close(ts, units, events)
@@ -155,6 +165,12 @@ class StationAssembler:
             if tag is not None and good(tag):
                 self._prev[tag] = values[idx[tag]]
         return units, events
+
+    def _serial_changed(self, idx, good) -> bool:
+        if not self.cfg.serial.new_serial_ends_unit or self.unit.serial is None or not good(self.cfg.serial.tag):
+            return False
+        new = self._serial()
+        return new is not None and new != self.unit.serial
 
     def _fired(self, trig: Trigger, idx, values, good) -> bool:
         if not good(trig.tag):
@@ -183,7 +199,7 @@ class StationAssembler:
                 log.warning("serial format failed", station=cfg.name, serial=serial, error=str(exc))
         return None if serial is None else str(serial)
 
-    def _open(self, ts: int, events: list[Event], *, before_agent: bool = False) -> None:
+    def _open(self, ts: int, events: list[Event], *, before_agent: bool = False, serial_changed: bool = False) -> None:
         cfg = self.cfg
         serial = self._serial()
         operator = cfg.operator.value if cfg.operator and cfg.operator.value is not None else (
@@ -196,7 +212,8 @@ class StationAssembler:
             params=[_ParamState(p) for p in cfg.parameters],
             seen_from=ts if before_agent else None,
             before_agent=before_agent,
-            after_loss=before_agent and self._after_loss,
+            after_loss=before_agent and self._after_loss and not serial_changed,
+            serial_changed=serial_changed,
         )
         if serial is None:
             self.unit.incomplete.append("serial number unknown at unit start")
@@ -204,7 +221,9 @@ class StationAssembler:
                     if t is not None and t.tag in self._current}
         data = {"serial": serial, "lot": self.unit.lot, "operator": operator, "started_at": ts,
                 "triggers": triggers, "config_version": self.config_version}
-        if self.unit.after_loss:
+        if serial_changed:
+            data["serial_changed_mid_cycle"] = True
+        elif self.unit.after_loss:
             data["started_while_device_lost"] = True
             log.info("unit already under way when the device came back", station=cfg.name, serial=serial)
         elif before_agent:
@@ -329,6 +348,8 @@ class StationAssembler:
             reasons = unit.incomplete
         elif verdict == "incomplete" and unit.interrupted:
             reasons.insert(0, "agent restarted mid-cycle: no data from {from} to {to}".format(**unit.interrupted))
+        elif verdict == "incomplete" and unit.serial_changed:
+            reasons.insert(0, "serial changed while the start trigger stayed on: this unit's start was not seen")
         elif verdict == "incomplete" and unit.after_loss:
             reasons.insert(0, f"unit started while device {self.cfg.device} was unreachable: its start was not seen")
         elif verdict == "incomplete" and unit.before_agent:
@@ -351,7 +372,9 @@ class StationAssembler:
         }
         if unit.interrupted:
             record["interrupted"] = unit.interrupted
-        if unit.after_loss:
+        if unit.serial_changed:
+            record["serial_changed_mid_cycle"] = True
+        elif unit.after_loss:
             record["started_while_device_lost"] = True
         elif unit.before_agent:
             record["started_before_agent"] = True

@@ -25,6 +25,11 @@ class Trigger(Strict):
 class SerialSource(Strict):
     tag: str = Field(description="tag holding the unit's serial number")
     format: str | None = Field(None, description="for a numeric serial, e.g. 'SN-{:06d}'")
+    new_serial_ends_unit: bool = Field(
+        True, description="a serial that changes while the start trigger stays on ends the unit in "
+        "progress (incomplete: its end was not seen) and starts one for the new serial: two polls "
+        "that straddle a cycle's end and the next start would otherwise make one record of two "
+        "units. Set false where the PLC shows the next serial before the current cycle ends")
 
 
 class OperatorSource(Strict):

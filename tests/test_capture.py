@@ -221,3 +221,35 @@ def test_a_cut_short_unit_is_not_failed_on_partial_values():
     assert p["p_start"]["verdict"] == "pass"  # captured in full before the loss
     assert units[0]["verdict"] == "incomplete"
     assert [e.kind for e in events] == ["unit_incomplete"]
+
+
+def test_a_serial_change_while_the_cycle_stays_on_splits_the_units():
+    """Two polls straddling a cycle's end and the next start (an agent stall of 300 ms in the
+    soak): the start tag is on in both, only the serial says another unit began. One record of
+    two units would give SN-2's values to SN-1 and no record to SN-2."""
+    st = station()
+    units, events = run(st, [
+        poll(0.0, False),
+        poll(1.0, True, serial="SN-1", temp=180.0),
+        poll(1.5, True, serial="SN-2", temp=182.0),  # SN-1 ended and SN-2 started in between
+        poll(2.0, True, serial="SN-2", temp=181.0),
+        poll(2.5, False, serial="SN-2"),
+    ], started=True)
+    first, second = units
+    assert first["serial"] == "SN-1" and first["verdict"] == "incomplete"
+    assert "serial changed to SN-2" in first["reasons"][0] and first["ended_at"] == 1_500_000
+    assert second["serial"] == "SN-2" and second["serial_changed_mid_cycle"] is True
+    assert second["verdict"] == "incomplete" and second["cycle_time"] is None
+    p = {x["name"]: x for x in second["parameters"]}
+    assert p["temp_max"]["value"] == 182.0
+    started = [e for e in events if e.kind == "unit_started"]
+    assert [e.data["serial"] for e in started] == ["SN-1", "SN-2"]
+    assert started[1].data["serial_changed_mid_cycle"] is True
+
+
+def test_a_serial_change_can_be_part_of_the_cycle():
+    st = station(serial={"tag": "serial", "new_serial_ends_unit": False})
+    units, _ = run(st, [poll(0.0, False), poll(1.0, True, serial="SN-1"), poll(1.5, True, serial="SN-2"),
+                        poll(2.0, False, serial="SN-2")])
+    [unit] = units
+    assert unit["serial"] == "SN-1" and unit["verdict"] == "pass"
