@@ -1,0 +1,174 @@
+"""`linetap sink`: the MES-side consumer. MQTT 5 -> database, a PUBACK only after the commit.
+
+- paho-mqtt 2.x, MQTT 5, `clean_start=False` with a session expiry: a sink that is stopped or
+  killed finds the messages queued for it (and the ones it had not acknowledged) when it comes
+  back with the same client id.
+- QoS 1 with manual acknowledgement (`manual_ack=True`): messages are collected into batches,
+  stored in one transaction, and acknowledged (`client.ack`) after the commit. A message
+  received on an earlier connection is never acknowledged on a later one (its packet id may
+  have been reused): the broker re-sends it, and the duplicate is stored once.
+- `--share GROUP` subscribes `$share/GROUP/<filter>`: several sinks split the load.
+- Payloads are dispatched on their `schema`; the agent's status is skipped; anything else on
+  the filter is acknowledged, counted and logged (a warning per kind of payload, then a count).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from linetap.agent.logs import get_logger
+from linetap.sink.db import Target
+from linetap.sink.store import Store, parse_payload
+
+__all__ = ["SinkError", "SinkOptions", "run_sink"]
+
+log = get_logger("linetap.sink")
+
+BATCH_MAX = 500  # messages per transaction
+BATCH_WAIT = 0.05  # s: how long a batch waits for more messages
+REFRESH_EVERY = 2.0  # s: completeness bookkeeping (sink_streams)
+
+
+class SinkError(RuntimeError):
+    """The sink cannot run (exit 3): broker unreachable or refusing, database failing."""
+
+
+@dataclass
+class SinkOptions:
+    host: str
+    port: int
+    topic: str = "#"
+    share: str | None = None
+    client_id: str = "linetap-sink"
+    session_expiry: int = 7 * 86400
+    keepalive: int = 30
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.share}/{self.topic}" if self.share else self.topic
+
+
+def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[str, int]:
+    """Consume until `stop` is set; return counts. Raises SinkError if the broker cannot be used."""
+    store = Store(target)
+    inbox: queue.Queue = queue.Queue()
+    state = {"generation": 0, "fatal": None}
+    subscribed = threading.Event()
+    where = f"{opts.host}:{opts.port}"
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=True)
+    client.reconnect_delay_set(min_delay=0.1, max_delay=5)
+
+    def on_connect(c, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            state["fatal"] = f"the broker at {where} refused the connection: {reason_code}"
+            return
+        state["generation"] += 1
+        c.subscribe(opts.subscription, options=SubscribeOptions(qos=1))
+
+    def on_subscribe(_c, _userdata, _mid, reason_codes, _props) -> None:
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            state["fatal"] = f"the broker at {where} refused the subscription {opts.subscription!r}: {bad[0]}"
+            return
+        log.info("sink subscribed", broker=where, subscription=opts.subscription, client_id=opts.client_id,
+                 generation=state["generation"])
+        subscribed.set()
+
+    def on_disconnect(_c, _userdata, _flags, reason_code, _props) -> None:
+        if not stop.is_set():
+            log.warning("sink lost the broker; reconnecting", broker=where, reason=str(reason_code))
+
+    def on_message(_c, _userdata, msg) -> None:
+        inbox.put((state["generation"], msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    client.on_connect, client.on_subscribe = on_connect, on_subscribe
+    client.on_disconnect, client.on_message = on_disconnect, on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = opts.session_expiry
+    try:
+        client.connect(opts.host, opts.port, keepalive=opts.keepalive, clean_start=False, properties=props)
+    except (OSError, ValueError) as err:
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SinkError(f"cannot reach the MQTT broker at {where}: {cause} "
+                        "(is it running, and is --broker HOST:PORT right?)") from None
+    client.loop_start()
+    counts: Counter = Counter()
+    foreign_seen: Counter = Counter()
+    touched: set[tuple[str, str]] = set()
+    last_refresh = time.monotonic()
+    try:
+        while True:
+            if state["fatal"]:
+                raise SinkError(state["fatal"])
+            batch = _take(inbox, stop)
+            if batch:
+                _handle(batch, store, client, state, counts, foreign_seen, touched)
+            if touched and (time.monotonic() - last_refresh > REFRESH_EVERY or (stop.is_set() and not batch)):
+                store.refresh_streams(touched)
+                touched.clear()
+                last_refresh = time.monotonic()
+            if stop.is_set() and not batch and inbox.empty():
+                break
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    log.info("sink stopped", **{k: v for k, v in counts.items()})
+    return dict(counts)
+
+
+def _take(inbox: queue.Queue, stop: threading.Event) -> list:
+    try:
+        first = inbox.get(timeout=0.2 if not stop.is_set() else 0.01)
+    except queue.Empty:
+        return []
+    batch = [first]
+    deadline = time.monotonic() + BATCH_WAIT
+    while len(batch) < BATCH_MAX:
+        left = deadline - time.monotonic()
+        try:
+            batch.append(inbox.get(timeout=max(left, 0)) if left > 0 else inbox.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: Counter, touched) -> None:
+    parsed = []
+    for _gen, _mid, _qos, topic, payload in batch:
+        p = parse_payload(payload)
+        if p.kind == "foreign":
+            counts["ignored"] += 1
+            foreign_seen[p.reason] += 1
+            n = foreign_seen[p.reason]
+            if n == 1 or n % 1000 == 0:
+                log.warning("sink ignored a payload that is not a linetap record", topic=topic, reason=p.reason,
+                            ignored_so_far=n)
+            continue
+        if p.kind == "status":
+            counts["status"] += 1
+            continue
+        parsed.append(p)
+    if parsed:
+        res = store.store(parsed)  # committed when it returns
+        for stream, n in res.inserted.items():
+            counts[stream] += n
+        counts["duplicates"] += res.duplicates
+        touched |= res.touched
+        for agent, stream, seq, kind, detail in res.problems:
+            counts[kind] += 1
+            log.warning("sink found a problem", agent=agent, stream=stream, seq=seq, problem=kind, detail=detail)
+    generation = state["generation"]
+    for gen, mid, qos, _topic, _payload in batch:
+        if qos > 0 and gen == generation:
+            client.ack(mid, qos)
