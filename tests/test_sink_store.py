@@ -1,0 +1,165 @@
+"""`linetap sink`, `audit`, `trace` on records published by hand (a real Mosquitto, the installed
+command), against DuckDB and a real PostgreSQL: duplicates stored once, a differing duplicate
+recorded, foreign payloads ignored with a warning, audit catching deleted and altered rows;
+and the command line's answers to bad input and unreachable services."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from fixtures_broker import free_port
+from fixtures_postgres import postgres_server  # noqa: F401 (fixture)
+from sink_helpers import SinkProc, linetap, query
+
+from linetap.agent.integrity import GENESIS, record_hash
+
+AGENT = "crafted-line"
+ROOT = "acme/cork/packaging/line9"
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def sink_db(request, tmp_path) -> str:
+    if request.param == "duckdb":
+        return str(tmp_path / "mes sink.duckdb")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def unit_record(seq: int, prev_hash: str, serial: str, operator: str = "OP-1") -> dict:
+    body = {"kind": "unit", "serial": serial, "lot": "LOT-7", "station": "sealer1", "device": "sealer1",
+            "operator": operator, "started_at": 1795555205900000 + seq * 3_000_000,
+            "ended_at": 1795555207950000 + seq * 3_000_000, "cycle_time": 2.05,
+            "parameters": [{"name": "seal_temperature_max", "reduce": "max", "tag": "seal_temperature",
+                            "value": 186.9 if seq == 2 else 180.0, "unit": "degC", "low": 175.0, "high": 185.0,
+                            "spec": "WI-SEAL-007 rev B", "verdict": "fail" if seq == 2 else "pass"}],
+            "verdict": "fail" if seq == 2 else "pass", "reasons": [], "config_version": "sha256:abc"}
+    rid, recorded_at = f"{AGENT}/units/{seq}", 1795555208000000 + seq * 3_000_000
+    h = record_hash(prev_hash, id=rid, stream="units", seq=seq, recorded_at=recorded_at, body=body)
+    return {"schema": "linetap.unit/1", "id": rid, "agent": AGENT, "stream": "units", "seq": seq,
+            "sent_at": recorded_at + 5, "recorded_at": recorded_at, "prev_hash": prev_hash, "hash": h, "body": body}
+
+
+def telemetry(seq: int, n: int) -> dict:
+    return {"schema": "linetap.telemetry/2", "id": f"{AGENT}/telemetry/{seq}-{seq + n - 1}", "agent": AGENT,
+            "stream": "telemetry", "seq": seq, "seq_last": seq + n - 1, "count": n, "sent_at": 1,
+            "device": "sealer1", "station": "sealer1",
+            "samples": {"tag": ["t"] * n, "value": [1, 2.5, True][:n], "quality": ["good"] * n, "reason": [None] * n,
+                        "source_ts": [None] * n, "agent_ts": [1795555205900000 + i for i in range(n)]}}
+
+
+def publish_all(broker, messages: list[tuple[str, bytes]]) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="crafted-publisher")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        for topic, payload in messages:
+            c.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@pytest.mark.timeout(120)
+def test_duplicates_once_differing_recorded_audit_and_trace(sink_db, broker, tmp_path):
+    u1 = unit_record(1, GENESIS, "SN-1")
+    u2 = unit_record(2, u1["hash"], "SN-2")
+    u3 = unit_record(3, u2["hash"], "SN-3")
+    u2_other = {**u2, "body": {**u2["body"], "operator": "OP-forged"}}
+    t = telemetry(1, 3)
+    sink = SinkProc(broker, sink_db, tmp_path / "sink.log")
+    try:
+        # u3 before u2: links are checked once the predecessor lands
+        publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(u)) for u in (u1, u3, u2, u2, u2_other)]
+                    + [(f"{ROOT}/sealer1/telemetry", orjson.dumps(t))] * 2
+                    + [(f"{ROOT}/_agent/{AGENT}/status", b'{"schema": "linetap.status/1", "agent": "x"}'),
+                       (f"{ROOT}/sealer1/other", b"hello, not a record"),
+                       (f"{ROOT}/sealer1/other", b'{"schema": "acme.thing/1"}')])
+        time.sleep(1.5)
+    finally:
+        sink.stop()
+    log = sink.text()
+    assert "not a linetap record" in log and "not JSON" in log and "acme.thing/1" in log, log[-2000:]
+
+    assert query(sink_db, "SELECT seq, serial, operator FROM units ORDER BY seq") == [
+        (1, "SN-1", "OP-1"), (2, "SN-2", "OP-1"), (3, "SN-3", "OP-1")]
+    rows = query(sink_db, "SELECT seq, value, quality FROM telemetry ORDER BY seq")
+    assert rows == [(1, "1", "good"), (2, "2.5", "good"), (3, "true", "good")]
+    assert query(sink_db, "SELECT stream, seq, kind FROM sink_problems") == [("units", 2, "duplicate_differs")]
+    streams = query(sink_db, "SELECT stream, seq_first, seq_last, held, missing FROM sink_streams ORDER BY stream")
+    assert streams == [("telemetry", 1, 3, 3, 0), ("units", 1, 3, 3, 0)]
+
+    r = linetap("audit", "--db", sink_db)
+    assert r.returncode == 1 and "duplicate with other content: seq 2" in r.stdout, r.stdout + r.stderr
+    query(sink_db, "DELETE FROM sink_problems")
+    r = linetap("audit", "--db", sink_db, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and {(s["stream"], s["held"]) for s in doc["streams"]} == {("units", 3), ("telemetry", 3)}
+
+    r = linetap("trace", "SN-2", "--db", sink_db, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    tr = json.loads(r.stdout)
+    assert [u["body"] for u in tr["units"]] == [u2["body"]] and tr["units"][0]["chain"]["verified"]
+    r = linetap("trace", "SN-2", "--db", sink_db)
+    assert r.returncode == 0 and "seal_temperature_max: 186.9 degC   limits 175.0..185.0" in r.stdout, r.stdout
+    assert "chain verified" in r.stdout and "operator OP-1" in r.stdout
+    assert linetap("trace", "SN-nope", "--db", sink_db).returncode == 1
+
+    # an altered row: its hash no longer matches (audit 1, trace says so)
+    query(sink_db, "UPDATE units SET body = replace(body, 'OP-1', 'OP-9') WHERE seq = 2")
+    r = linetap("audit", "--db", sink_db)
+    assert r.returncode == 1 and "chain break" in r.stdout and "altered" in r.stdout, r.stdout
+    r = linetap("trace", "SN-2", "--db", sink_db)
+    assert "CHAIN NOT VERIFIED" in r.stdout, r.stdout
+    # a deleted row: a missing seq
+    query(sink_db, "DELETE FROM units WHERE seq = 2")
+    r = linetap("audit", "--db", sink_db, "--json")
+    assert r.returncode == 1, r.stdout
+    units = next(s for s in json.loads(r.stdout)["streams"] if s["stream"] == "units")
+    assert units["missing"] == [[2, 2]] and units["ranges"] == [[1, 1], [3, 3]]
+
+
+def test_gap_events_cover_missing_telemetry(sink_db, broker, tmp_path):
+    gap_body = {"kind": "gap", "stream": "telemetry", "seq_first": 4, "seq_last": 9, "count": 6,
+                "reason": "size cap", "ts": 1795555205900000}
+    rid = f"{AGENT}/events/1"
+    gap = {"schema": "linetap.event/1", "id": rid, "agent": AGENT, "stream": "events", "seq": 1, "sent_at": 1,
+           "recorded_at": 5, "prev_hash": GENESIS, "body": gap_body,
+           "hash": record_hash(GENESIS, id=rid, stream="events", seq=1, recorded_at=5, body=gap_body)}
+    sink = SinkProc(broker, sink_db, tmp_path / "sink.log")
+    try:
+        publish_all(broker, [(f"{ROOT}/sealer1/telemetry", orjson.dumps(telemetry(1, 3))),
+                             (f"{ROOT}/sealer1/telemetry", orjson.dumps(telemetry(10, 2))),
+                             (f"{ROOT}/_line/events", orjson.dumps(gap))])
+        time.sleep(1.0)
+    finally:
+        sink.stop()
+    r = linetap("audit", "--db", sink_db, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    tel = next(s for s in json.loads(r.stdout)["streams"] if s["stream"] == "telemetry")
+    assert tel["missing"] == [] and tel["missing_covered"] == [[4, 9]]
+    query(sink_db, "DELETE FROM events")
+    r = linetap("audit", "--db", sink_db)
+    assert r.returncode == 1 and "missing: 6 record(s), seq 4..9" in r.stdout, r.stdout
+
+
+def test_bad_input_exit_2_unreachable_exit_3(tmp_path):
+    db = str(tmp_path / "x.duckdb")
+    for args in (["sink", "--broker", "no-port", "--db", db], ["sink", "--broker", "h:99999", "--db", db],
+                 ["sink", "--broker", "127.0.0.1:1884", "--db", db, "--topic", "a/#/b"],
+                 ["sink", "--broker", "127.0.0.1:1884", "--db", str(tmp_path)],
+                 ["sink", "--broker", "127.0.0.1:1884", "--db", str(tmp_path / "no folder" / "x.duckdb")],
+                 ["sink", "--broker", "127.0.0.1:1884", "--db", "mysql://x@h/db"],
+                 ["audit", "--db", db], ["audit", "--db", str(tmp_path)],
+                 ["trace", "SN-1", "--db", db], ["trace", "SN-1", "--db", db, "--format", "html"]):
+        r = linetap(*args)
+        assert r.returncode == 2, f"{args}: {r.returncode}\n{r.stdout}{r.stderr}"
+        assert r.stderr.strip(), args
+    port = free_port()
+    r = linetap("sink", "--broker", f"127.0.0.1:{port}", "--db", db)
+    assert r.returncode == 3 and f"cannot reach the MQTT broker at 127.0.0.1:{port}" in r.stderr, r.stderr
+    r = linetap("audit", "--db", f"postgresql://nobody@127.0.0.1:{port}/mes")
+    assert r.returncode == 3 and "cannot connect to PostgreSQL" in r.stderr, r.stderr
