@@ -72,6 +72,7 @@ def test_every_buffered_record_once_across_sink_kill9(sink_db, broker, tmp_path)
         sim.stop()
         sink.stop()
 
+    print([line for line in sink.text().splitlines() if "sink stopped" in line or "sink subscribed" in line])
     units, events = exported(config, "units", tmp_path), exported(config, "events", tmp_path)
     tel = samples(exported(config, "telemetry", tmp_path))
     assert len(units) >= 4 and len(tel) > 1000, (len(units), len(tel))

@@ -163,3 +163,33 @@ def test_bad_input_exit_2_unreachable_exit_3(tmp_path):
     assert r.returncode == 3 and f"cannot reach the MQTT broker at 127.0.0.1:{port}" in r.stderr, r.stderr
     r = linetap("audit", "--db", f"postgresql://nobody@127.0.0.1:{port}/mes")
     assert r.returncode == 3 and "cannot connect to PostgreSQL" in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_puback_only_after_commit(postgres_server, broker, tmp_path):  # noqa: F811 (fixture)
+    """A record whose commit cannot happen (the table locked by another session) is not
+    acknowledged: the sink killed -9 meanwhile gets it again from the broker when it restarts."""
+    import psycopg
+
+    db = postgres_server.new_database()
+    u1 = unit_record(1, GENESIS, "SN-1")
+    sink = SinkProc(broker, db, tmp_path / "sink.log")
+    blocker = psycopg.connect(db)
+    try:
+        blocker.execute("LOCK TABLE units IN ACCESS EXCLUSIVE MODE")
+        publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(u1))])
+        time.sleep(1.5)  # the sink has it and waits on the lock: no commit, so no PUBACK
+        sink.kill9()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert query(db, "SELECT count(*) FROM units") == [(0,)]
+    sink = SinkProc(broker, db, tmp_path / "sink.log")  # same client id: the session's unacked message
+    try:
+        deadline = time.monotonic() + 10
+        while query(db, "SELECT count(*) FROM units") != [(1,)]:
+            assert time.monotonic() < deadline, "the unacknowledged record was not re-delivered"
+            time.sleep(0.1)
+    finally:
+        sink.stop()
+    assert query(db, "SELECT hash FROM units") == [(u1["hash"],)]
