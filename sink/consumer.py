@@ -160,7 +160,7 @@ def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: C
             continue
         parsed.append(p)
     if parsed:
-        res = store.store(parsed)  # committed when it returns
+        res = _store_retrying(store, parsed)  # committed when it returns
         for stream, n in res.inserted.items():
             counts[stream] += n
         counts["duplicates"] += res.duplicates
@@ -172,3 +172,18 @@ def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: C
     for gen, mid, qos, _topic, _payload in batch:
         if qos > 0 and gen == generation:
             client.ack(mid, qos)
+
+
+RETRY_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock (PostgreSQL, sinks side by side)
+
+
+def _store_retrying(store: Store, parsed: list, attempts: int = 5):
+    for attempt in range(1, attempts + 1):
+        try:
+            return store.store(parsed)
+        except Exception as err:
+            if getattr(err, "sqlstate", None) not in RETRY_SQLSTATES or attempt == attempts:
+                raise
+            log.warning("sink batch conflicted with another sink; retrying", attempt=attempt, error=str(err))
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")

@@ -107,7 +107,6 @@ class Store:
 
     def __init__(self, target: Target) -> None:
         self.t = target
-        self._pg_stage = False
 
     def store(self, docs: list[Parsed]) -> StoreResult:
         res = StoreResult()
@@ -218,9 +217,8 @@ class Store:
             self.t.conn.register("sink_stage", table)
             stage = "sink_stage"
         else:
-            if not self._pg_stage:
-                self.t.execute("CREATE TEMP TABLE IF NOT EXISTS sink_stage (LIKE telemetry) ON COMMIT DELETE ROWS")
-                self._pg_stage = True
+            # every batch: a rolled-back transaction takes the temp table's creation with it
+            self.t.execute("CREATE TEMP TABLE IF NOT EXISTS sink_stage (LIKE telemetry) ON COMMIT DELETE ROWS")
             with self.t.conn.cursor() as cur, cur.copy(f"COPY sink_stage ({', '.join(TELEMETRY_COLUMNS)}) "
                                                        "FROM STDIN") as copy:
                 for row in staged:
@@ -254,8 +252,10 @@ class Store:
                     continue
                 held = sum(b - a + 1 for a, b in ranges)
                 last = ranges[-1][1]
-                self.t.execute("DELETE FROM sink_streams WHERE agent = ? AND stream = ?", (agent, stream))
-                self.t.execute("INSERT INTO sink_streams VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                self.t.execute("INSERT INTO sink_streams VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (agent, stream) DO UPDATE SET seq_first = excluded.seq_first, "
+                               "seq_last = excluded.seq_last, held = excluded.held, missing = excluded.missing, "
+                               "ranges = excluded.ranges, updated_at = excluded.updated_at",
                                (agent, stream, ranges[0][0], last, held, last - held,
                                 orjson.dumps(ranges[:1000]).decode(), now))
 

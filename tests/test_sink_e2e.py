@@ -45,10 +45,14 @@ def samples(envelopes: list[dict]) -> list[tuple]:
 
 @pytest.mark.timeout(240)
 def test_every_buffered_record_once_across_sink_kill9(sink_db, broker, tmp_path):
+    """DuckDB (one writer): one sink. PostgreSQL: two sinks sharing a subscription ($share/mes/#)."""
     sim = Simulator("modbus", "--speed", "2", "--out-of-limit", "0.3")
     agent = None
-    log = tmp_path / "sink.log"
-    sink = SinkProc(broker, sink_db, log)  # subscribed (persistent session) before the agent publishes
+    n_sinks = 2 if sink_db.startswith("postgresql://") else 1
+    share = ["--share", "mes"] if n_sinks > 1 else []
+    logs = [tmp_path / f"sink-{i}.log" for i in range(n_sinks)]
+    # subscribed (persistent sessions) before the agent publishes
+    sinks = [SinkProc(broker, sink_db, logs[i], *share, client_id=f"sink-{i}") for i in range(n_sinks)]
     try:
         config = copy_example("heat-sealer-modbus.yaml", tmp_path,
                               {"port: 1883": f"port: {broker.port}", "port: 5020": f"port: {sim.port}"})
@@ -57,9 +61,9 @@ def test_every_buffered_record_once_across_sink_kill9(sink_db, broker, tmp_path)
                                  stderr=subprocess.PIPE, text=True)
         wait_up(buffer, agent)
         time.sleep(6)
-        sink.kill9()  # mid-run: messages received but not yet committed/acknowledged are re-sent to it
+        sinks[0].kill9()  # mid-run: messages received but not yet committed/acknowledged are re-sent to it
         time.sleep(2)  # the broker queues for the absent sink's session meanwhile
-        sink = SinkProc(broker, sink_db, log)
+        sinks[0] = SinkProc(broker, sink_db, logs[0], *share, client_id="sink-0")
         time.sleep(6)
         sim.stop()
         time.sleep(3)  # the agent's last events (device lost, incomplete unit) go out
@@ -70,9 +74,13 @@ def test_every_buffered_record_once_across_sink_kill9(sink_db, broker, tmp_path)
         if agent is not None:
             agent.kill()
         sim.stop()
-        sink.stop()
+        for sink in sinks:
+            sink.stop()
+    stopped = [json.loads(line) for log in logs for line in log.read_text().splitlines() if "sink stopped" in line]
+    print(stopped)
+    if n_sinks > 1:  # both sinks of the group stored records
+        assert all(doc.get("telemetry", 0) > 0 for doc in stopped), stopped
 
-    print([line for line in sink.text().splitlines() if "sink stopped" in line or "sink subscribed" in line])
     units, events = exported(config, "units", tmp_path), exported(config, "events", tmp_path)
     tel = samples(exported(config, "telemetry", tmp_path))
     assert len(units) >= 4 and len(tel) > 1000, (len(units), len(tel))
