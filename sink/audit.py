@@ -98,11 +98,23 @@ def audit(t: Target) -> list[StreamAudit]:
     return out
 
 
+CHAIN_CHUNK = 5000  # records verified at a time (the last of the previous chunk comes along for its link)
+
+
 def _chain(t: Target, stream: str, agent: str) -> list[dict[str, Any]]:
-    rows = t.execute(f"SELECT seq, id, recorded_at, body, prev_hash, hash FROM {stream} WHERE agent = ? "
-                     "ORDER BY seq", (agent,))
-    records = {int(seq): record_envelope(agent, stream, int(seq), tuple(rest)) for seq, *rest in rows}
-    return [{"seq": seq, "detail": detail} for seq, detail in chain_findings(agent, stream, records, list(records))]
+    out: list[dict[str, Any]] = []
+    carry: dict[int, dict[str, Any]] = {}
+    after = 0
+    while True:
+        rows = t.execute(f"SELECT seq, id, recorded_at, body, prev_hash, hash FROM {stream} WHERE agent = ? "
+                         f"AND seq > ? ORDER BY seq LIMIT {CHAIN_CHUNK}", (agent, after))
+        if not rows:
+            return out
+        chunk = {int(seq): record_envelope(agent, stream, int(seq), tuple(rest)) for seq, *rest in rows}
+        found = chain_findings(agent, stream, {**carry, **chunk}, list(chunk))
+        out.extend({"seq": seq, "detail": detail} for seq, detail in found)
+        after = max(chunk)
+        carry = {after: chunk[after]}
 
 
 def _spans(spans: list[list[int]]) -> str:

@@ -35,7 +35,8 @@ log = get_logger("linetap.sink")
 
 BATCH_MAX = 500  # messages per transaction
 BATCH_WAIT = 0.05  # s: how long a batch waits for more messages
-REFRESH_EVERY = 2.0  # s: completeness bookkeeping (sink_streams)
+REFRESH_EVERY = 2.0  # s: completeness bookkeeping (sink_streams) of unit records and events
+REFRESH_TELEMETRY = 30.0  # s: and of telemetry
 
 
 class SinkError(RuntimeError):
@@ -106,7 +107,7 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
     counts: Counter = Counter()
     foreign_seen: Counter = Counter()
     touched: set[tuple[str, str]] = set()
-    last_refresh = time.monotonic()
+    last_refresh = last_telemetry = time.monotonic()
     try:
         while True:
             if state["fatal"]:
@@ -114,10 +115,16 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
             batch = _take(inbox, stop)
             if batch:
                 _handle(batch, store, client, state, counts, foreign_seen, touched)
-            if touched and (time.monotonic() - last_refresh > REFRESH_EVERY or (stop.is_set() and not batch)):
-                store.refresh_streams(touched)
-                touched.clear()
-                last_refresh = time.monotonic()
+            now = time.monotonic()
+            final = stop.is_set() and not batch
+            if touched and (now - last_refresh > REFRESH_EVERY or final):
+                # telemetry (the big table) less often than unit records and events
+                due = {k for k in touched if k[1] != "telemetry" or final or now - last_telemetry > REFRESH_TELEMETRY}
+                if due:
+                    store.refresh_streams(due)
+                    touched -= due
+                    last_telemetry = now if any(k[1] == "telemetry" for k in due) else last_telemetry
+                last_refresh = now
             if stop.is_set() and not batch and inbox.empty():
                 break
     finally:
