@@ -132,7 +132,7 @@ def render(result: list[StreamAudit], where: str) -> str:
         if sa.missing:
             lines.append(f"  missing: {n_missing} record(s), seq {_spans(sa.missing)}: never arrived and no gap "
                          "event covers them (ask the agent to re-send: linetap replay LINE.yaml --stream "
-                         f"{sa.stream} --from-seq {sa.missing[0][0]})")
+                         f"{sa.stream} --from-seq {sa.missing[0][0]} --to-seq {sa.missing[0][1]}, agent stopped)")
         if sa.missing_covered:
             lines.append(f"  reported lost by the agent (gap events): seq {_spans(sa.missing_covered)}")
         for cb in sa.chain_breaks:
