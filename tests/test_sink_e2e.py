@@ -12,7 +12,6 @@ import time
 
 import orjson
 import pytest
-from fixtures_postgres import postgres_server  # noqa: F401 (fixture)
 from sink_helpers import LINETAP, SinkProc, linetap, query
 from test_user_path import Simulator, copy_example, jsonl, stop_agent, wait_up
 

@@ -12,7 +12,6 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from fixtures_broker import free_port
-from fixtures_postgres import postgres_server  # noqa: F401 (fixture)
 from sink_helpers import SinkProc, linetap, query
 
 from linetap.agent.integrity import GENESIS, record_hash
@@ -169,7 +168,7 @@ def test_bad_input_exit_2_unreachable_exit_3(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_puback_only_after_commit(postgres_server, broker, tmp_path):  # noqa: F811 (fixture)
+def test_puback_only_after_commit(postgres_server, broker, tmp_path):
     """A record whose commit cannot happen (the table locked by another session) is not
     acknowledged: the sink killed -9 meanwhile gets it again from the broker when it restarts."""
     import psycopg
