@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 
 import typer
 
@@ -56,6 +58,24 @@ def _db_failed(command: str, target, err: BaseException):
     return typer.Exit(EXIT_RUNTIME)
 
 
+def _password(username: str | None, password_file: Path | None) -> str | None:
+    if password_file is not None:
+        if username is None:
+            raise typer.BadParameter("a password needs --username", param_hint="--password-file")
+        try:
+            first = password_file.read_text(encoding="utf-8").splitlines()[:1]
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise typer.BadParameter(f"cannot read {password_file}: {reason}", param_hint="--password-file") from None
+        if not first or not first[0]:
+            raise typer.BadParameter(f"{password_file} is empty: its first line is the password",
+                                     param_hint="--password-file")
+        return first[0]
+    if username is not None:
+        return os.environ.get("LINETAP_SINK_PASSWORD")
+    return None
+
+
 def sink(
     broker: str = typer.Option(..., help="MQTT broker HOST:PORT (MQTT 5)"),
     db: str = typer.Option(..., help="postgresql://USER@HOST:PORT/DB, or a DuckDB file (created if missing)"),
@@ -65,6 +85,10 @@ def sink(
                                                      "(default: linetap-sink-<hostname>); one per sink process"),
     session_expiry: int = typer.Option(7 * 86400, min=0, help="seconds the broker keeps the session (and "
                                                                  "queues for it) while the sink is down"),
+    username: str | None = typer.Option(None, help="MQTT user name; the password from $LINETAP_SINK_PASSWORD "
+                                                    "or --password-file"),
+    password_file: Path | None = typer.Option(None, help="file whose first line is the MQTT password"),
+    ca_file: Path | None = typer.Option(None, help="CA certificate (PEM) of the broker: connect with TLS"),
 ) -> None:
     """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
     from linetap.agent.logs import configure_logging, get_logger
@@ -77,10 +101,15 @@ def sink(
     if not topic or any(("#" in lv or "+" in lv) and lv not in ("#", "+") for lv in levels) or "#" in levels[:-1]:
         raise typer.BadParameter(f"{topic!r} is not an MQTT topic filter (e.g. acme/cork/# or #)",
                                  param_hint="--topic")
+    password = _password(username, password_file)
+    if ca_file is not None and not ca_file.is_file():
+        raise typer.BadParameter(f"{ca_file} {'is a folder' if ca_file.is_dir() else 'does not exist'}",
+                                 param_hint="--ca-file")
     configure_logging("auto", "info")
     log = get_logger("linetap.sink")
     opts = SinkOptions(host, port, topic=topic, share=share,
-                       client_id=client_id or f"linetap-sink-{socket.gethostname()}", session_expiry=session_expiry)
+                       client_id=client_id or f"linetap-sink-{socket.gethostname()}", session_expiry=session_expiry,
+                       username=username, password=password, ca_file=str(ca_file) if ca_file else None)
     target = _open(db, "sink", read_only=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

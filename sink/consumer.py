@@ -52,6 +52,9 @@ class SinkOptions:
     client_id: str = "linetap-sink"
     session_expiry: int = 7 * 86400
     keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None  # TLS (mqtts) with this CA
 
     @property
     def subscription(self) -> str:
@@ -69,6 +72,13 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv5,
                          manual_ack=True)
     client.reconnect_delay_set(min_delay=0.1, max_delay=5)
+    if opts.username is not None:
+        client.username_pw_set(opts.username, opts.password)
+    if opts.ca_file is not None:
+        try:
+            client.tls_set(ca_certs=opts.ca_file)
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            raise SinkError(f"cannot use {opts.ca_file} as the broker's CA: {err}") from None
 
     def on_connect(c, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:

@@ -223,3 +223,34 @@ def test_audit_verifies_chain_in_chunks(tmp_path, monkeypatch):
         assert breaks == [("units", 5), ("units", 6)], breaks
     finally:
         t.close()
+
+
+@pytest.mark.timeout(60)
+def test_sink_credentials(tmp_path):
+    """A broker that wants a user name and password: the right ones subscribe, a wrong one is exit 3."""
+    import subprocess
+
+    from fixtures_broker import Broker
+
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "mes-sink", "s3cret"], check=True,
+                   capture_output=True)
+    pwfile.chmod(0o644)
+    b = Broker(tmp_path / "broker", listener_conf=f"password_file {pwfile}", allow_anonymous=False)
+    if b.kind != "mosquitto":
+        pytest.skip("needs mosquitto (password file)")
+    b.start()
+    try:
+        (tmp_path / "pw").write_text("s3cret\n")
+        db = str(tmp_path / "mes.duckdb")
+        sink = SinkProc(b, db, tmp_path / "sink.log", "--username", "mes-sink", "--password-file",
+                        str(tmp_path / "pw"))
+        sink.stop()
+        (tmp_path / "pw").write_text("wrong\n")
+        r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--username", "mes-sink",
+                    "--password-file", str(tmp_path / "pw"), timeout=30)
+        assert r.returncode == 3 and "refused the connection" in r.stderr, r.stderr
+        r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--password-file", str(tmp_path / "pw"))
+        assert r.returncode == 2 and "needs --username" in r.stderr, r.stderr
+    finally:
+        b.stop()
