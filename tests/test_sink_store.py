@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from fixtures_broker import free_port
 from sink_helpers import SinkProc, linetap, query
+from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 
 from linetap.agent.integrity import GENESIS, record_hash
 
@@ -226,8 +227,8 @@ def test_audit_verifies_chain_in_chunks(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(60)
-def test_sink_credentials(tmp_path):
-    """A broker that wants a user name and password: the right ones subscribe, a wrong one is exit 3."""
+def test_sink_tls_and_credentials(pki, tmp_path):  # noqa: F811 (the fixture)
+    """A TLS broker that wants a user name and password: the right ones subscribe, a wrong one is exit 3."""
     import subprocess
 
     from fixtures_broker import Broker
@@ -236,7 +237,9 @@ def test_sink_credentials(tmp_path):
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "mes-sink", "s3cret"], check=True,
                    capture_output=True)
     pwfile.chmod(0o644)
-    b = Broker(tmp_path / "broker", listener_conf=f"password_file {pwfile}", allow_anonymous=False)
+    b = Broker(tmp_path / "broker", allow_anonymous=False, listener_conf=(
+        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
+        f"password_file {pwfile}"))
     if b.kind != "mosquitto":
         pytest.skip("needs mosquitto (password file)")
     b.start()
@@ -244,11 +247,11 @@ def test_sink_credentials(tmp_path):
         (tmp_path / "pw").write_text("s3cret\n")
         db = str(tmp_path / "mes.duckdb")
         sink = SinkProc(b, db, tmp_path / "sink.log", "--username", "mes-sink", "--password-file",
-                        str(tmp_path / "pw"))
+                        str(tmp_path / "pw"), "--ca-file", str(pki["ca.pem"]))
         sink.stop()
         (tmp_path / "pw").write_text("wrong\n")
         r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--username", "mes-sink",
-                    "--password-file", str(tmp_path / "pw"), timeout=30)
+                    "--password-file", str(tmp_path / "pw"), "--ca-file", str(pki["ca.pem"]), timeout=30)
         assert r.returncode == 3 and "refused the connection" in r.stderr, r.stderr
         r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--password-file", str(tmp_path / "pw"))
         assert r.returncode == 2 and "needs --username" in r.stderr, r.stderr
