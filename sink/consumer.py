@@ -35,6 +35,7 @@ log = get_logger("linetap.sink")
 
 BATCH_MAX = 500  # messages per transaction
 BATCH_WAIT = 0.05  # s: how long a batch waits for more messages
+CONNECT_TIMEOUT = 15.0  # s: the first CONNACK (later losses are retried for as long as they last)
 REFRESH_EVERY = 2.0  # s: completeness bookkeeping (sink_streams) of unit records and events
 REFRESH_TELEMETRY = 30.0  # s: and of telemetry
 
@@ -67,6 +68,7 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
     inbox: queue.Queue = queue.Queue()
     state = {"generation": 0, "fatal": None}
     subscribed = threading.Event()
+    connected = threading.Event()
     where = f"{opts.host}:{opts.port}"
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv5,
@@ -85,6 +87,7 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
             state["fatal"] = f"the broker at {where} refused the connection: {reason_code}"
             return
         state["generation"] += 1
+        connected.set()
         c.subscribe(opts.subscription, options=SubscribeOptions(qos=1))
 
     def on_subscribe(_c, _userdata, _mid, reason_codes, _props) -> None:
@@ -117,11 +120,14 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
     counts: Counter = Counter()
     foreign_seen: Counter = Counter()
     touched: set[tuple[str, str]] = set()
-    last_refresh = last_telemetry = time.monotonic()
+    started = last_refresh = last_telemetry = time.monotonic()
     try:
         while True:
             if state["fatal"]:
                 raise SinkError(state["fatal"])
+            if not connected.is_set() and time.monotonic() - started > CONNECT_TIMEOUT and not stop.is_set():
+                raise SinkError(f"no MQTT answer (CONNACK) from {where} within {CONNECT_TIMEOUT:g} s: is it an "
+                                "MQTT broker, and does it want TLS (--ca-file)?")
             batch = _take(inbox, stop)
             if batch:
                 _handle(batch, store, client, state, counts, foreign_seen, touched)

@@ -226,7 +226,7 @@ def test_audit_verifies_chain_in_chunks(tmp_path, monkeypatch):
         t.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_sink_tls_and_credentials(pki, tmp_path):  # noqa: F811 (the fixture)
     """A TLS broker that wants a user name and password: the right ones subscribe, a wrong one is exit 3."""
     import subprocess
@@ -253,6 +253,9 @@ def test_sink_tls_and_credentials(pki, tmp_path):  # noqa: F811 (the fixture)
         r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--username", "mes-sink",
                     "--password-file", str(tmp_path / "pw"), "--ca-file", str(pki["ca.pem"]), timeout=30)
         assert r.returncode == 3 and "refused the connection" in r.stderr, r.stderr
+        r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--username", "mes-sink",
+                    "--password-file", str(tmp_path / "pw"), timeout=40)  # no --ca-file: plain MQTT to TLS
+        assert r.returncode == 3 and "no MQTT answer (CONNACK)" in r.stderr and "--ca-file" in r.stderr, r.stderr
         r = linetap("sink", "--broker", f"{b.host}:{b.port}", "--db", db, "--password-file", str(tmp_path / "pw"))
         assert r.returncode == 2 and "needs --username" in r.stderr, r.stderr
     finally:
