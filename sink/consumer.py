@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from linetap.agent.logs import get_logger
-from linetap.sink.db import Target
+from linetap.sink.db import Target, TargetError
 from linetap.sink.store import Store, parse_payload
 
 __all__ = ["SinkError", "SinkOptions", "run_sink"]
@@ -130,16 +130,21 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
                                 "MQTT broker, and does it want TLS (--ca-file)?")
             batch = _take(inbox, stop)
             if batch:
-                _handle(batch, store, client, state, counts, foreign_seen, touched)
+                _handle(batch, store, client, state, counts, foreign_seen, touched, stop)
             now = time.monotonic()
             final = stop.is_set() and not batch
             if touched and (now - last_refresh > REFRESH_EVERY or final):
                 # telemetry (the big table) less often than unit records and events
                 due = {k for k in touched if k[1] != "telemetry" or final or now - last_telemetry > REFRESH_TELEMETRY}
                 if due:
-                    store.refresh_streams(due)
-                    touched -= due
-                    last_telemetry = now if any(k[1] == "telemetry" for k in due) else last_telemetry
+                    try:
+                        store.refresh_streams(due)
+                        touched -= due
+                        last_telemetry = now if any(k[1] == "telemetry" for k in due) else last_telemetry
+                    except Exception as err:
+                        if not store.t.lost(err):
+                            raise
+                        log.warning("sink could not update sink_streams: the database is away", error=str(err))
                 last_refresh = now
             if stop.is_set() and not batch and inbox.empty():
                 break
@@ -166,7 +171,8 @@ def _take(inbox: queue.Queue, stop: threading.Event) -> list:
     return batch
 
 
-def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: Counter, touched) -> None:
+def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: Counter, touched,
+            stop: threading.Event) -> None:
     parsed = []
     for _gen, _mid, _qos, topic, payload in batch:
         p = parse_payload(payload)
@@ -183,7 +189,7 @@ def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: C
             continue
         parsed.append(p)
     if parsed:
-        res = _store_retrying(store, parsed)  # committed when it returns
+        res = _store_retrying(store, parsed, stop)  # committed when it returns
         for stream, n in res.inserted.items():
             counts[stream] += n
         counts["duplicates"] += res.duplicates
@@ -200,13 +206,33 @@ def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: C
 RETRY_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock (PostgreSQL, sinks side by side)
 
 
-def _store_retrying(store: Store, parsed: list, attempts: int = 5):
-    for attempt in range(1, attempts + 1):
+def _store_retrying(store: Store, parsed: list, stop: threading.Event, attempts: int = 5):
+    """Store one batch: retried on a conflict with another sink (a few times), and while the PostgreSQL
+    server is away (until it is back or the sink is stopped: nothing of the batch is acknowledged)."""
+    conflicts, delay = 0, 0.2
+    while True:
         try:
             return store.store(parsed)
         except Exception as err:
-            if getattr(err, "sqlstate", None) not in RETRY_SQLSTATES or attempt == attempts:
+            t = store.t
+            if getattr(err, "sqlstate", None) in RETRY_SQLSTATES and conflicts < attempts:
+                conflicts += 1
+                log.warning("sink batch conflicted with another sink; retrying", attempt=conflicts, error=str(err))
+                time.sleep(0.05 * conflicts)
+                continue
+            if not t.lost(err):
                 raise
-            log.warning("sink batch conflicted with another sink; retrying", attempt=attempt, error=str(err))
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
+            log.error("sink lost the database; retrying (nothing is acknowledged meanwhile)", db=t.where,
+                      error=str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        while True:  # reconnect with capped backoff
+            if stop.is_set():
+                raise SinkError(f"stopped while the database {store.t.where} was unreachable: the records "
+                                "not stored were not acknowledged, the broker re-sends them to this session")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                store.t.reconnect()
+                log.info("sink reconnected to the database", db=store.t.where)
+                break
+            except TargetError as err:
+                log.warning("database still unreachable", db=store.t.where, error=str(err))

@@ -46,6 +46,7 @@ class Target:
     dialect: str  # "duckdb" | "postgresql"
     where: str  # for messages: the file, or the URL without its password
     conn: Any
+    spec: str = ""  # what it was opened from (PostgreSQL: to reconnect)
 
     # --- statements ------------------------------------------------------------------------
 
@@ -85,6 +86,19 @@ class Target:
                 self.conn.rollback()
                 raise
             self.conn.commit()
+
+    def lost(self, err: BaseException) -> bool:
+        """Is `err` the PostgreSQL server gone (restart, network), so that reconnecting may help?"""
+        if self.dialect != "postgresql":
+            return False
+        import psycopg
+
+        return isinstance(err, psycopg.OperationalError) or bool(self.conn.closed or self.conn.broken)
+
+    def reconnect(self) -> None:
+        """PostgreSQL: a new connection (raises TargetError while the server is still away)."""
+        self.close()
+        self.conn = _open_postgres(self.spec, False).conn
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -189,7 +203,7 @@ def _open_postgres(url: str, read_only: bool) -> Target:
     except psycopg.Error as err:
         raise TargetError(f"cannot connect to PostgreSQL at {where}: {str(err).strip().splitlines()[0]} "
                           "(is the server running and the URL right?)") from None
-    target = Target("postgresql", where, conn)
+    target = Target("postgresql", where, conn, url)
     if read_only:
         conn.read_only = True
         _check_schema(target)

@@ -260,3 +260,33 @@ def test_sink_tls_and_credentials(pki, tmp_path):  # noqa: F811 (the fixture)
         assert r.returncode == 2 and "needs --username" in r.stderr, r.stderr
     finally:
         b.stop()
+
+
+@pytest.mark.timeout(120)
+def test_postgres_restart_is_waited_out(postgres_server, broker, tmp_path):
+    """The PostgreSQL server stopped under a running sink: the sink keeps running, acknowledges
+    nothing it could not store, reconnects, and ends with every record."""
+    db = postgres_server.new_database()
+    recs, prev = [], GENESIS
+    for seq in range(1, 21):
+        recs.append(unit_record(seq, prev, f"SN-{seq}"))
+        prev = recs[-1]["hash"]
+    sink = SinkProc(broker, db, tmp_path / "sink.log")
+    try:
+        publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(r)) for r in recs[:10]])
+        time.sleep(1.0)
+        postgres_server.pause()
+        try:
+            publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(r)) for r in recs[10:]])
+            time.sleep(2.0)
+            assert sink.proc.poll() is None, f"the sink exited while the database was away:\n{sink.text()[-2000:]}"
+        finally:
+            postgres_server.resume()
+        deadline = time.monotonic() + 20
+        while query(db, "SELECT count(*) FROM units") != [(20,)]:
+            assert time.monotonic() < deadline, f"records missing after the restart:\n{sink.text()[-2000:]}"
+            time.sleep(0.2)
+    finally:
+        sink.stop()
+    assert "sink lost the database" in sink.text() and "sink reconnected to the database" in sink.text()
+    assert linetap("audit", "--db", db).returncode == 0
