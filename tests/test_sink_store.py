@@ -290,3 +290,14 @@ def test_postgres_restart_is_waited_out(postgres_server, broker, tmp_path):
         sink.stop()
     assert "sink lost the database" in sink.text() and "sink reconnected to the database" in sink.text()
     assert linetap("audit", "--db", db).returncode == 0
+
+
+def test_audit_of_a_database_without_the_schema_is_exit_2(postgres_server, tmp_path):
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "other.duckdb")).close()
+    for db in (postgres_server.new_database(), str(tmp_path / "other.duckdb")):
+        r = linetap("audit", "--db", db)
+        assert r.returncode == 2 and "holds no linetap sink data" in r.stderr, r.stderr
+        r = linetap("trace", "SN-1", "--db", db)
+        assert r.returncode == 2 and "holds no linetap sink data" in r.stderr, r.stderr
