@@ -57,6 +57,12 @@ def parse_payload(payload: bytes) -> Parsed:
             n = doc["count"]
             if any(len(s[k]) != n for k in ("tag", "value", "quality", "reason", "source_ts", "agent_ts")):
                 raise ValueError("sample arrays of unequal length")
+            if not (isinstance(doc["device"], str) and all(isinstance(x, str) for x in s["tag"])
+                    and all(isinstance(x, str) for x in s["quality"])
+                    and all(x is None or isinstance(x, str) for x in s["reason"])
+                    and all(type(x) is int for x in s["agent_ts"])
+                    and all(x is None or type(x) is int for x in s["source_ts"])):
+                raise ValueError("device, tag, quality, reason or timestamp types")
         else:
             for k in ("id", "recorded_at", "prev_hash", "hash"):
                 doc[k]  # noqa: B018 - presence check

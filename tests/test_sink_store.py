@@ -76,7 +76,9 @@ def test_duplicates_once_differing_recorded_audit_and_trace(sink_db, broker, tmp
                     + [(f"{ROOT}/sealer1/telemetry", orjson.dumps(t))] * 2
                     + [(f"{ROOT}/_agent/{AGENT}/status", b'{"schema": "linetap.status/1", "agent": "x"}'),
                        (f"{ROOT}/sealer1/other", b"hello, not a record"),
-                       (f"{ROOT}/sealer1/other", b'{"schema": "acme.thing/1"}')])
+                       (f"{ROOT}/sealer1/other", b'{"schema": "acme.thing/1"}'),
+                       (f"{ROOT}/sealer1/telemetry", orjson.dumps({**telemetry(50, 1), "samples": {
+                           **telemetry(50, 1)["samples"], "agent_ts": ["yesterday"]}}))])
         time.sleep(1.5)
         if not sink_db.startswith("postgresql://"):  # DuckDB has one writer: a clear message, exit 3
             r = linetap("audit", "--db", sink_db)
@@ -85,6 +87,7 @@ def test_duplicates_once_differing_recorded_audit_and_trace(sink_db, broker, tmp
         sink.stop()
     log = sink.text()
     assert "not a linetap record" in log and "not JSON" in log and "acme.thing/1" in log, log[-2000:]
+    assert "timestamp types" in log, log[-2000:]  # a malformed telemetry payload is ignored, not stored
 
     assert query(sink_db, "SELECT seq, serial, operator FROM units ORDER BY seq") == [
         (1, "SN-1", "OP-1"), (2, "SN-2", "OP-1"), (3, "SN-3", "OP-1")]
