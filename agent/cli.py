@@ -423,6 +423,11 @@ def browse(
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
+from linetap.sink.cli import register as _register_mes_commands  # noqa: E402
+
+_register_mes_commands(app)  # `linetap sink`, `audit`, `trace`: the MES side (sink/cli.py)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

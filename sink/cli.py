@@ -1,0 +1,188 @@
+"""`linetap sink`, `linetap audit`, `linetap trace`: the MES-side commands (registered by agent/cli.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+EXIT_PROBLEM = 1  # audit: incomplete or not intact; trace: serial not found
+EXIT_INPUT = 2
+EXIT_RUNTIME = 3
+
+
+def _parse_broker(value: str) -> tuple[str, int]:
+    m = re.match(r"^\[?([^\[\]\s]+?)\]?:(\d+)$", value.strip())
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise typer.BadParameter(f"{value!r}: write the broker as HOST:PORT, e.g. mes-broker.plant.local:1883",
+                                 param_hint="--broker")
+    return m.group(1), int(m.group(2))
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    import duckdb
+
+    errors: list[type[BaseException]] = [duckdb.Error]
+    with contextlib.suppress(ImportError):
+        import psycopg
+
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+def _open(db: str, command: str, read_only: bool):
+    from linetap.sink.db import BadTarget, TargetError, open_target
+
+    try:
+        return open_target(db, read_only=read_only)
+    except BadTarget as err:
+        typer.echo(f"linetap {command}: --db: {err}", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    except TargetError as err:
+        typer.echo(f"linetap {command}: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _db_failed(command: str, target, err: BaseException):
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    typer.echo(f"linetap {command}: the database {target.where} failed: {first}", err=True)
+    return typer.Exit(EXIT_RUNTIME)
+
+
+def _password(username: str | None, password_file: Path | None) -> str | None:
+    if password_file is not None:
+        if username is None:
+            raise typer.BadParameter("a password needs --username", param_hint="--password-file")
+        try:
+            first = password_file.read_text(encoding="utf-8").splitlines()[:1]
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise typer.BadParameter(f"cannot read {password_file}: {reason}", param_hint="--password-file") from None
+        if not first or not first[0]:
+            raise typer.BadParameter(f"{password_file} is empty: its first line is the password",
+                                     param_hint="--password-file")
+        return first[0]
+    if username is not None:
+        return os.environ.get("LINETAP_SINK_PASSWORD")
+    return None
+
+
+def sink(
+    broker: str = typer.Option(..., help="MQTT broker HOST:PORT (MQTT 5)"),
+    db: str = typer.Option(..., help="postgresql://USER@HOST:PORT/DB, or a DuckDB file (created if missing)"),
+    topic: str = typer.Option("#", help="topic filter; payloads are recognised by their linetap schema"),
+    share: str | None = typer.Option(None, help="shared subscription group: subscribes $share/GROUP/FILTER"),
+    client_id: str | None = typer.Option(None, help="MQTT client id, stable across restarts "
+                                                     "(default: linetap-sink-<hostname>); one per sink process"),
+    session_expiry: int = typer.Option(7 * 86400, min=0, help="seconds the broker keeps the session (and "
+                                                                 "queues for it) while the sink is down"),
+    username: str | None = typer.Option(None, help="MQTT user name; the password from $LINETAP_SINK_PASSWORD "
+                                                    "or --password-file"),
+    password_file: Path | None = typer.Option(None, help="file whose first line is the MQTT password"),
+    ca_file: Path | None = typer.Option(None, help="CA certificate (PEM) of the broker: connect with TLS"),
+) -> None:
+    """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
+    from linetap.agent.logs import configure_logging, get_logger
+    from linetap.sink.consumer import SinkError, SinkOptions, run_sink
+
+    host, port = _parse_broker(broker)
+    if share is not None and not re.match(r"^[^/+#\s]+$", share):
+        raise typer.BadParameter("a group name without /, +, # or spaces", param_hint="--share")
+    levels = topic.split("/")
+    if not topic or any(("#" in lv or "+" in lv) and lv not in ("#", "+") for lv in levels) or "#" in levels[:-1]:
+        raise typer.BadParameter(f"{topic!r} is not an MQTT topic filter (e.g. acme/cork/# or #)",
+                                 param_hint="--topic")
+    password = _password(username, password_file)
+    if ca_file is not None and not ca_file.is_file():
+        raise typer.BadParameter(f"{ca_file} {'is a folder' if ca_file.is_dir() else 'does not exist'}",
+                                 param_hint="--ca-file")
+    configure_logging("auto", "info")
+    log = get_logger("linetap.sink")
+    opts = SinkOptions(host, port, topic=topic, share=share,
+                       client_id=client_id or f"linetap-sink-{socket.gethostname()}", session_expiry=session_expiry,
+                       username=username, password=password, ca_file=str(ca_file) if ca_file else None)
+    target = _open(db, "sink", read_only=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        try:
+            applied = target.migrate()
+        except _db_errors() as err:
+            raise _db_failed("sink", target, err) from None
+        if applied:
+            log.info("sink database schema created or upgraded", db=target.where, migrations=applied)
+        try:
+            run_sink(opts, target, stop)
+        except SinkError as err:
+            typer.echo(f"linetap sink: {err}", err=True)
+            raise typer.Exit(EXIT_RUNTIME) from None
+        except _db_errors() as err:
+            raise _db_failed("sink", target, err) from None
+    finally:
+        target.close()
+
+
+def audit(
+    db: str = typer.Option(..., help="the sink's database (postgresql://… or a DuckDB file)"),
+    json_out: bool = typer.Option(False, "--json", help="JSON for monitoring"),
+) -> None:
+    """Per agent and stream: seqs held, missing (and covered by gap events), chain breaks, differing
+    duplicates. Exit 0 only when complete and intact, 1 otherwise."""
+    from linetap.sink.audit import as_json, render
+    from linetap.sink.audit import audit as do_audit
+
+    target = _open(db, "audit", read_only=True)
+    try:
+        result = do_audit(target)
+    except _db_errors() as err:
+        raise _db_failed("audit", target, err) from None
+    finally:
+        target.close()
+    typer.echo(as_json(result, target.where) if json_out else render(result, target.where))
+    ok = bool(result) and all(sa.ok for sa in result)
+    raise typer.Exit(0 if ok else EXIT_PROBLEM)
+
+
+def trace(
+    serial: str = typer.Argument(..., help="the unit's serial number"),
+    db: str = typer.Option(..., help="the sink's database (postgresql://… or a DuckDB file)"),
+    format: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Every unit record and non-conformance of one serial, in time order, with its chain checked."""
+    import orjson
+
+    from linetap.sink.trace import render_text
+    from linetap.sink.trace import trace as do_trace
+
+    if format not in ("text", "json"):
+        raise typer.BadParameter("expected text or json", param_hint="--format")
+    target = _open(db, "trace", read_only=True)
+    try:
+        result = do_trace(target, serial)
+    except _db_errors() as err:
+        raise _db_failed("trace", target, err) from None
+    finally:
+        target.close()
+    if not result["units"] and not result["events"]:
+        typer.echo(f"linetap trace: no unit record or event of serial {serial!r} in {target.where}", err=True)
+        raise typer.Exit(EXIT_PROBLEM)
+    if format == "json":
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        typer.echo(render_text(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sink)
+    app.command()(audit)
+    app.command()(trace)
