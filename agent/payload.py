@@ -153,9 +153,7 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     seq_np = table.column("seq").to_numpy()
     device = table.column("device").combine_chunks()
     codes = device.dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    value = json_values(table.column("num"), table.column("text"),
-                        table.column("vtype").to_numpy(zero_copy_only=False) if "vtype" in table.column_names
-                        else None)
+    value = json_values(table.column("num"), table.column("text"), table.column("vtype").to_numpy(zero_copy_only=False))
     quality = table.column("quality").to_numpy(zero_copy_only=False)
     agent_ts = table.column("agent_ts")
     return TelemetryChunk(
@@ -171,7 +169,7 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     )
 
 
-def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray | None) -> list[Any]:
+def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray) -> list[Any]:
     """The `value` column of telemetry messages (see `VType`): integers as JSON integers, booleans
     as true/false, floats as stored (a float32 is stored as its shortest decimal already), the
     non-finite floats as "NaN" / "Infinity" / "-Infinity", text where there is text, null where
@@ -183,18 +181,17 @@ def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray |
     num_np = num.to_numpy()  # nulls as NaN
     has_num = ~num.is_null().to_numpy(zero_copy_only=False)
     nonfinite = has_num & ~np.isfinite(num_np)
-    special = vtype is not None and bool((vtype >= VType.INT).any())
+    special = bool((vtype >= VType.INT).any())
     if not special and not nonfinite.any() and text.null_count == n:
         return values  # floats and nulls only (the bulk of telemetry)
     out = np.empty(n, dtype=object)
     out[:] = values
-    if vtype is not None:
-        m = has_num & (vtype == VType.INT)
-        if m.any():
-            out[m] = num_np[m].astype(np.int64)  # Python ints
-        m = has_num & (vtype == VType.BOOL)
-        if m.any():
-            out[m] = num_np[m] != 0  # Python bools
+    m = has_num & (vtype == VType.INT)
+    if m.any():
+        out[m] = num_np[m].astype(np.int64)  # Python ints
+    m = has_num & (vtype == VType.BOOL)
+    if m.any():
+        out[m] = num_np[m] != 0  # Python bools
     if nonfinite.any():
         bad = num_np[nonfinite]
         out[nonfinite] = np.where(np.isnan(bad), "NaN", np.where(bad > 0, "Infinity", "-Infinity")).astype(object)
