@@ -28,9 +28,10 @@ import orjson
 import structlog
 
 from linetap.agent import unit_resume as resume
-from linetap.agent.records import Event, Quality, SampleBatch, json_number
+from linetap.buffers.records import Event
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import Quality, SampleBatch, json_number
 
 log = structlog.get_logger("linetap.capture")
 

@@ -319,8 +319,8 @@ def replay(
 @app.command()
 def verify(files: list[Path] = typer.Argument(..., help="JSON Lines captures of the MQTT stream or exports")) -> None:
     """Check captured records: hash chains, missing seqs, differing duplicates, order. Exit 1 on any finding."""
-    from linetap.agent.verify import render
-    from linetap.agent.verify import verify as do_verify
+    from linetap.buffers.verify import render
+    from linetap.buffers.verify import verify as do_verify
 
     missing = [str(f) for f in files if not f.exists()]
     if missing:

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from linetap.agent.demo_view import Display, Frame, make_display
 from linetap.agent.logs import configure_logging
 from linetap.agent.runtime import Agent
-from linetap.agent.verify import Report, verify_lines
+from linetap.buffers.verify import Report, verify_lines
 from linetap.config.loader import load_config
 from linetap.config.models import LineConfig
 

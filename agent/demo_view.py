@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from linetap.agent.records import Quality
+from linetap.drivers.samples import Quality
 
 SHOWN_TAGS = 12  # live values per device: the station's own tags, not the whole bulk block
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 
 from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
-from linetap.agent.records import StoredRecord
 from linetap.buffers import DuckDBBuffer
+from linetap.buffers.records import StoredRecord
 from linetap.config.models import LineConfig
 
 CHUNK = 50_000

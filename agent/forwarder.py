@@ -44,11 +44,12 @@ from linetap.agent.payload import (
     encode_telemetry,
     telemetry_chunk,
 )
-from linetap.agent.records import StoredRecord, now_us
 from linetap.buffers import BufferWriteFailed
+from linetap.buffers.records import StoredRecord
 from linetap.config.secrets import FileProblem
 from linetap.config.tls import client_context
 from linetap.drivers.base import describe_os_error
+from linetap.drivers.samples import now_us
 
 log = structlog.get_logger("linetap.forwarder")
 

@@ -43,7 +43,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from linetap.agent.records import StoredRecord, VType
+from linetap.buffers.records import StoredRecord
+from linetap.drivers.samples import VType
 
 TELEMETRY_SCHEMA_ID = "linetap.telemetry/2"  # 2: typed values (see json_values)
 UNIT_SCHEMA_ID = "linetap.unit/1"

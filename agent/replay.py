@@ -14,10 +14,10 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from linetap.agent.export import iter_messages
-from linetap.agent.records import now_us
 from linetap.buffers import DuckDBBuffer
 from linetap.config.models import LineConfig
 from linetap.config.tls import client_context
+from linetap.drivers.samples import now_us
 
 log = structlog.get_logger("linetap.replay")
 

@@ -29,11 +29,12 @@ import structlog
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
-from linetap.agent.records import Event, SampleBatch, now_us
 from linetap.agent.sidecar import sidecar_path, write_sidecar
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferDamaged, BufferWriteFailed, keep_copies
+from linetap.buffers.records import Event
 from linetap.config.models import LineConfig
 from linetap.drivers import DriverError, create_driver
+from linetap.drivers.samples import SampleBatch, now_us
 
 log = structlog.get_logger("linetap.agent")
 

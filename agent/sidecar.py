@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from linetap.agent.records import Event, SampleBatch, StoredRecord
+from linetap.buffers.records import Event, StoredRecord
+from linetap.drivers.samples import SampleBatch
 
 
 def sidecar_path(buffer_path: Path) -> Path:

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import typer
 
-from linetap.agent.records import now_us
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import now_us
 
 
 def _age(us: int | None) -> str:

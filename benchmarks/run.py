@@ -351,7 +351,7 @@ def _telemetry_tables(rows: int, devices: int = 4, tags: int = 1000, variants: i
     import numpy as np
     import pyarrow as pa
 
-    from linetap.agent.records import TELEMETRY_SCHEMA, now_us
+    from linetap.drivers.samples import TELEMETRY_SCHEMA, now_us
 
     out = []
     per = rows // devices

@@ -34,8 +34,8 @@ import paho.mqtt.client as mqtt
 
 from benchmarks.common import free_port
 from benchmarks.soak_units import IN_FLIGHT, check_units
-from linetap.agent.verify import verify
 from linetap.buffers import DuckDBBuffer
+from linetap.buffers.verify import verify
 from linetap.config.loader import load_config
 from linetap.simulators import BULK_ADDRESS
 

@@ -42,8 +42,9 @@ import orjson
 import pyarrow as pa
 import structlog
 
-from linetap.agent.integrity import GENESIS, record_hash
-from linetap.agent.records import TELEMETRY_SCHEMA, Event, StoredRecord, now_us
+from linetap.buffers.integrity import GENESIS, record_hash
+from linetap.buffers.records import Event, StoredRecord
+from linetap.drivers.samples import TELEMETRY_SCHEMA, now_us
 
 SCHEMA_VERSION = "3"  # 2: events and units in the records file; 3: telemetry.vtype
 # Versions this linetap opens and brings up to SCHEMA_VERSION (in one transaction, at open).

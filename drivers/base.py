@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from linetap.agent.records import SampleBatch
+from linetap.drivers.samples import SampleBatch
 
 log = structlog.get_logger("linetap.drivers")
 

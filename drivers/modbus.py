@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from linetap.agent.records import Quality, SampleBatch, now_us, shortest_float32
 from linetap.config.issues import At
 from linetap.config.units import Duration
+from linetap.drivers.samples import Quality, SampleBatch, now_us, shortest_float32
 
 from .base import DeviceUnreachable, PollingDriver, describe_os_error
 from .modbus_reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for

@@ -41,10 +41,10 @@ from typing import Any, Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from linetap.agent.records import Quality, SampleBatch, now_us, shortest_float32
 from linetap.config.secrets import FileProblem, secret_value
 from linetap.config.units import Duration
 from linetap.drivers.opcua_types import FLOAT
+from linetap.drivers.samples import Quality, SampleBatch, now_us, shortest_float32
 
 from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from linetap.agent.records import Quality
+from linetap.drivers.samples import Quality
 
 # DataType node ids (ns 0) of the built-in scalar types -> (name, Python type of the converted value).
 # For these the DataType id is also the Variant's built-in type id (Part 6, 5.1.2).

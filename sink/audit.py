@@ -2,7 +2,7 @@
 
 Per agent and stream: the seq ranges held, the seqs missing below the last one held (and which
 of them `gap` events cover: telemetry the agent itself reported as dropped), chain breaks of
-unit records and events (recomputed with `linetap.agent.verify`, the same verifier as
+unit records and events (recomputed with `linetap.buffers.verify`, the same verifier as
 `linetap verify`), and duplicates whose content differed (from `sink_problems`). Complete and
 intact means: nothing missing that no gap event covers, no chain break, no differing duplicate.
 Seqs start at 1, so records before the first one held count as missing.
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from linetap.agent.verify import _subtract  # the verifier's own interval arithmetic
+from linetap.buffers.verify import _subtract  # the verifier's own interval arithmetic
 from linetap.sink.db import Target
 from linetap.sink.store import chain_findings, record_envelope
 

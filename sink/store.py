@@ -3,7 +3,7 @@
 Records already held are skipped (ON CONFLICT DO NOTHING); one whose content differs from the
 row held is written to `sink_problems` (`duplicate_differs`, the first delivery is kept). Each
 new unit record or event is checked against its neighbours with linetap's own verifier
-(`linetap.agent.verify.verify_lines`) as soon as the predecessor (or successor) is held:
+(`linetap.buffers.verify.verify_lines`) as soon as the predecessor (or successor) is held:
 out-of-order arrival across shared-subscription workers is expected, so a link is checked when
 the second of its two records lands.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from linetap.agent.verify import verify_lines
+from linetap.buffers.verify import verify_lines
 from linetap.sink.db import Target, from_us
 
 __all__ = ["Parsed", "Store", "parse_payload", "record_envelope"]

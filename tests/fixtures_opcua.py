@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from linetap.agent.certs import create_certificate
-from linetap.agent.records import SampleBatch
 from linetap.drivers.opcua import OpcUaDeviceConfig, OpcUaDriver
+from linetap.drivers.samples import SampleBatch
 from linetap.simulators.opcua_server import STATION_OPCUA_TAGS, OpcUaStationServer
 from linetap.simulators.station import StationModel
 

@@ -8,9 +8,10 @@ import threading
 import pyarrow as pa
 import pytest
 
-from linetap.agent.integrity import GENESIS, record_hash
-from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferError, DuckDBBuffer
+from linetap.buffers.integrity import GENESIS, record_hash
+from linetap.buffers.records import Event
+from linetap.drivers.samples import Quality, SampleBatch
 
 AGENT = "line1-agent"
 

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from linetap.agent.records import TELEMETRY_SCHEMA, Event
 from linetap.buffers import BufferCorrupt, BufferError, DuckDBBuffer
 from linetap.buffers.duckdb_buffer import DEFAULT_MEMORY_LIMIT
+from linetap.buffers.records import Event
+from linetap.drivers.samples import TELEMETRY_SCHEMA
 
 NAMES = ["demo-buffer.duckdb", "heat-sealer-buffer.duckdb", "linetap-buffer.duckdb", "select.duckdb",
          "1line.duckdb", "line 3 – A/buffer.duckdb", "x.y.z.duckdb", "ünï-cödé.duckdb", "it's.duckdb",
@@ -113,7 +114,7 @@ _KILLED_WRITER = """
 import os, signal, sys
 import numpy as np, pyarrow as pa
 from linetap.buffers import DuckDBBuffer
-from linetap.agent.records import TELEMETRY_SCHEMA
+from linetap.drivers.samples import TELEMETRY_SCHEMA
 buf = DuckDBBuffer(sys.argv[1], "sealing-line-1")
 buf._con.execute("SET checkpoint_threshold = '10GB'")  # killed between two checkpoints: a long WAL
 n = 50_000

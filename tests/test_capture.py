@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from linetap.agent.capture import CaptureEngine, StationAssembler
-from linetap.agent.records import Quality, SampleBatch
 from linetap.config.capture import StationCapture
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import Quality, SampleBatch
 
 TAGS = ["cycle_active", "serial", "operator", "temperature", "pressure", "dwell", "count"]
 

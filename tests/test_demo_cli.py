@@ -19,8 +19,8 @@ from rich.console import Console
 
 from linetap.agent.demo import DemoResult
 from linetap.agent.demo_view import Frame, LineDisplay, LiveDisplay, make_display
-from linetap.agent.integrity import GENESIS, record_hash
-from linetap.agent.verify import verify_lines
+from linetap.buffers.integrity import GENESIS, record_hash
+from linetap.buffers.verify import verify_lines
 
 LINETAP = Path(sys.executable).with_name("linetap")
 SUMMARY = re.compile(r"received ([\d,]+) samples, (\d+) unit records and (\d+) events")

@@ -12,10 +12,10 @@ from agent_helpers import AGENT_ID, line_config, payloads, running_agent, teleme
 from fixtures_sim import ModelClock
 from jsonschema import Draft202012Validator
 
-from linetap.agent.records import Quality, SampleBatch
-from linetap.agent.verify import verify
 from linetap.buffers import DuckDBBuffer
+from linetap.buffers.verify import verify
 from linetap.config.loader import load_config
+from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import ModbusStationServer, StationModel
 from linetap.simulators.station import State
 

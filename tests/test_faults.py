@@ -24,10 +24,10 @@ from agent_helpers import (
 )
 from fixtures_broker import MQTTCapture
 
-from linetap.agent.records import Quality, SampleBatch
-from linetap.agent.verify import verify
 from linetap.buffers import BufferCorrupt, DuckDBBuffer
+from linetap.buffers.verify import verify
 from linetap.config.loader import load_config
+from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import BULK_ADDRESS, ModbusStationServer, StationModel
 
 ROOT = Path(__file__).parents[1]
@@ -229,7 +229,7 @@ def test_damaged_wal_recovers_a_prefix_or_refuses(tmp_path, damage):
     script = (
         "import os, sys\n"
         "from linetap.buffers import DuckDBBuffer\n"
-        "from linetap.agent.records import SampleBatch\n"
+        "from linetap.drivers.samples import SampleBatch\n"
         f"b = DuckDBBuffer({str(path)!r}, 'a')\n"
         "b._con.execute('PRAGMA disable_checkpoint_on_shutdown').fetchall()\n"
         "b._con.execute(\"SET checkpoint_threshold = '1TB'\").fetchall()\n"

@@ -31,9 +31,10 @@ from jsonschema import Draft202012Validator
 import linetap.config
 from linetap.agent.forwarder import MQTTForwarder
 from linetap.agent.payload import Topics
-from linetap.agent.records import TELEMETRY_SCHEMA, Event, Quality, SampleBatch
 from linetap.buffers import AsyncBuffer
+from linetap.buffers.records import Event
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import TELEMETRY_SCHEMA, Quality, SampleBatch
 
 AGENT = "line1-agent"
 ROOT = "acme/plant1/assembly/line1"

@@ -12,9 +12,9 @@ from agent_helpers import line_config, modbus_device, running_agent, telemetry_s
 from modbus_raw_server import RawModbusServer, table_value
 from structlog.testing import capture_logs
 
-from linetap.agent.records import Quality, SampleBatch
 from linetap.drivers import DeviceUnreachable, modbus_reply
 from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import STATION_TAGS, ModbusStationServer, StationModel
 
 # One 62-register holding block (100..161) and one 3-bit coil block: two requests per poll.

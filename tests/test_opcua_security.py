@@ -8,8 +8,8 @@ from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
 from linetap.agent.certs import create_certificate, describe_certificate
-from linetap.agent.records import Quality
 from linetap.drivers import DeviceConfigError, DeviceUnreachable, DriverError
+from linetap.drivers.samples import Quality
 from linetap.simulators.opcua_server import OpcUaStationServer
 from linetap.simulators.station import StationModel
 

@@ -12,7 +12,8 @@ from jsonschema import Draft202012Validator, ValidationError
 
 import linetap.config
 from linetap.agent import payload as P
-from linetap.agent.records import Quality, SampleBatch, StoredRecord
+from linetap.buffers.records import StoredRecord
+from linetap.drivers.samples import Quality, SampleBatch
 
 SCHEMAS = Path(linetap.config.__file__).parent / "schemas"
 V = {n: Draft202012Validator(json.loads((SCHEMAS / f"{n}.json").read_text()))

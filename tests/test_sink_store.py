@@ -15,7 +15,7 @@ from fixtures_broker import free_port
 from sink_helpers import SinkProc, linetap, query
 from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 
-from linetap.agent.integrity import GENESIS, record_hash
+from linetap.buffers.integrity import GENESIS, record_hash
 
 AGENT = "crafted-line"
 ROOT = "acme/cork/packaging/line9"

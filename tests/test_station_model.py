@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from fixtures_sim import ModelClock
 
-from linetap.agent.records import Quality
 from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.samples import Quality
 from linetap.simulators import (
     DWELL_LIMITS,
     OPERATORS,

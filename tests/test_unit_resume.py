@@ -7,11 +7,12 @@ import pytest
 from test_capture import STATION, poll, run, station
 
 from linetap.agent.capture import CaptureEngine
-from linetap.agent.records import Event, Quality, SampleBatch
 from linetap.agent.unit_resume import OpenUnit, undecidable
 from linetap.buffers import DuckDBBuffer
+from linetap.buffers.records import Event
 from linetap.config.capture import Parameter
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import Quality, SampleBatch
 
 
 def started_body(st, polls) -> dict:
@@ -228,7 +229,7 @@ def test_unit_started_envelope_fits_the_event_schema_and_verifies(tmp_path):
 
     import linetap.config
     from linetap.agent.payload import encode_record
-    from linetap.agent.verify import verify
+    from linetap.buffers.verify import verify
 
     schema = json.loads((Path(linetap.config.__file__).parent / "schemas" / "event.json").read_text())
     validator = Draft202012Validator(schema)

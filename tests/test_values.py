@@ -14,10 +14,10 @@ import pytest
 
 from linetap.agent import payload as P
 from linetap.agent.capture import StationAssembler
-from linetap.agent.records import Quality, SampleBatch, VType, shortest_float32
 from linetap.buffers import DuckDBBuffer
 from linetap.config.capture import StationCapture
 from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.samples import Quality, SampleBatch, VType, shortest_float32
 from linetap.simulators import KNOWN_VALUES
 
 AGENT = "sealing-line-1"

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from linetap.agent.records import Event, Quality, SampleBatch
-from linetap.agent.verify import verify
 from linetap.buffers import DuckDBBuffer
+from linetap.buffers.records import Event
+from linetap.buffers.verify import verify
 from linetap.config.models import LineConfig
+from linetap.drivers.samples import Quality, SampleBatch
 
 AGENT = "verify-line"
 

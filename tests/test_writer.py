@@ -9,9 +9,10 @@ from types import SimpleNamespace
 from agent_helpers import line_config, modbus_device
 
 from linetap.agent.forwarder import MQTTForwarder
-from linetap.agent.records import Event, Quality, SampleBatch, now_us
 from linetap.agent.runtime import Agent
 from linetap.buffers import AsyncBuffer
+from linetap.buffers.records import Event
+from linetap.drivers.samples import Quality, SampleBatch, now_us
 
 
 def telemetry(i: int) -> SampleBatch:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from linetap.agent.integrity import GENESIS, canonical_json, record_hash
+from linetap.buffers.integrity import GENESIS, canonical_json, record_hash
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The records that travel through the agent: samples (columnar), events, unit records.
+"""The samples the drivers produce (columnar), with their quality and value type.
 
 Timestamps are integers: microseconds since the Unix epoch, UTC. They are cheap to
 carry in columns and exact; the MQTT payload keeps them as integers too.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -182,34 +182,3 @@ class SampleBatch:
             ],
             schema=TELEMETRY_SCHEMA,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something that happened: `device_state`, `nonconformance`, `gap`, `alarm`.
-
-    `data` holds the kind-specific fields (flat JSON values), e.g. for `device_state`:
-    {"state": "lost", "reason": "connection refused"}.
-    """
-
-    kind: str
-    ts: int  # microseconds since the epoch
-    device: str | None = None
-    station: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ts": self.ts, "device": self.device, "station": self.station, **self.data}
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """A unit record or event as it sits in the buffer: body plus its place in the stream."""
-
-    stream: str
-    seq: int
-    id: str
-    recorded_at: int  # microseconds since the epoch, when it entered the buffer
-    body: dict[str, Any]
-    prev_hash: str
-    hash: str
