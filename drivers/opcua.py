@@ -144,11 +144,8 @@ class OpcUaSecurity(BaseModel):
 
     def password_value(self) -> str | None:
         """The password (`password`, or the first line of `password_file`); None when not configured.
-        A password file that cannot be used is a DriverError (linetap.config.secrets: one behaviour)."""
-        try:
-            return secret_value(self.password, self.password_file)
-        except FileProblem as err:
-            raise DriverError(str(err)) from None
+        A password file that cannot be used raises FileProblem, as for MQTT (linetap.config.secrets)."""
+        return secret_value(self.password, self.password_file, "security.password_file")
 
 
 class OpcUaDeviceConfig(BaseModel):
@@ -402,7 +399,10 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
             await _apply_security(client, security, timeout, where)
         if security.username:
             client.set_user(security.username)
-            pw = security.password_value()
+            try:
+                pw = security.password_value()
+            except FileProblem as err:
+                raise DriverError(str(err)) from None
             if pw is not None:
                 client.set_password(pw)
         await asyncio.wait_for(client.connect(), timeout)

@@ -13,7 +13,6 @@ from linetap.config.loader import ConfigError, parse_config
 from linetap.config.models import MQTTConfig
 from linetap.config.secrets import FileProblem
 from linetap.config.yaml_doc import MAX_ALIAS_NODES
-from linetap.drivers import DriverError
 from linetap.drivers.opcua import OpcUaSecurity
 
 HEAD = "agent: {id: a, enterprise: e, site: s, area: a, line: l}\n"
@@ -69,7 +68,7 @@ def test_one_secrets_behaviour(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(FileProblem, match="does not exist"):
         MQTTConfig(username="u", password_file=missing).password_value()
-    with pytest.raises(DriverError, match="does not exist"):
+    with pytest.raises(FileProblem, match="security.password_file .* does not exist"):
         OpcUaSecurity(username="u", password_file=missing).password_value()
     (tmp_path / "pw").write_text("s3cret\nignored\n")
     assert MQTTConfig(username="u", password_file=tmp_path / "pw").password_value() == "s3cret"
