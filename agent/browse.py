@@ -14,7 +14,8 @@ import json
 import re
 from typing import Any
 
-from linetap.drivers.opcua import OpcUaSecurity, open_client, parse_node_ref, read_operation_limits
+from linetap.config.devices.opcua import OpcUaSecurity, parse_node_ref
+from linetap.drivers.opcua import open_client, read_operation_limits
 
 
 async def browse_async(

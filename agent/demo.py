@@ -232,7 +232,7 @@ class DemoResult:
 def demo_config(sim_port: int, broker_host: str, broker_port: int, workdir: Path, interval: float,
                 bulk_tags: int) -> LineConfig:
     """The example line of `config/examples`, pointed at this demo's simulator, broker and folder."""
-    from linetap.drivers.modbus import ModbusTag
+    from linetap.config.devices.modbus import ModbusTag
 
     example = resources.files("linetap.config") / "examples" / EXAMPLE
     with resources.as_file(example) as path:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.config.devices.modbus import ModbusDeviceConfig
+from linetap.drivers.modbus import ModbusDriver
 
 
 class _Response:

@@ -12,9 +12,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from linetap.drivers import DeviceConfig
-
 from .capture import StationCapture
+from .devices import DeviceConfig
 from .issues import At
 from .secrets import secret_value
 from .units import ByteSize, Duration

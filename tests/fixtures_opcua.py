@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from linetap.agent.certs import create_certificate
-from linetap.drivers.opcua import OpcUaDeviceConfig, OpcUaDriver
+from linetap.config.devices.opcua import OpcUaDeviceConfig
+from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import SampleBatch
 from linetap.simulators.opcua_server import STATION_OPCUA_TAGS, OpcUaStationServer
 from linetap.simulators.station import StationModel

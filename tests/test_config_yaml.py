@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from linetap.config.devices.opcua import OpcUaSecurity
 from linetap.config.loader import ConfigError, parse_config
 from linetap.config.models import MQTTConfig
 from linetap.config.secrets import FileProblem
 from linetap.config.yaml_doc import MAX_ALIAS_NODES
-from linetap.drivers.opcua import OpcUaSecurity
 
 HEAD = "agent: {id: a, enterprise: e, site: s, area: a, line: l}\n"
 DEVICE = "devices:\n  - {protocol: modbus, name: d, host: h, addressing: zero_based, tags: [{name: t, address: 0}]}\n"

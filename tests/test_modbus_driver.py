@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from linetap.config.devices.modbus import ModbusDeviceConfig
 from linetap.drivers import DeviceUnreachable, create_driver
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.modbus import ModbusDriver
 from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import (
     KNOWN_UNCERTAIN_STRING,

@@ -7,7 +7,8 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusTag, plan_reads
+from linetap.config.devices.modbus import ModbusDeviceConfig, ModbusTag
+from linetap.drivers.modbus import ModbusDriver, plan_reads
 from linetap.simulators import KNOWN_VALUES, encode_registers
 
 

@@ -12,8 +12,9 @@ from agent_helpers import line_config, modbus_device, running_agent, telemetry_s
 from modbus_raw_server import RawModbusServer, table_value
 from structlog.testing import capture_logs
 
+from linetap.config.devices.modbus import ModbusDeviceConfig
 from linetap.drivers import DeviceUnreachable, modbus_reply
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.modbus import ModbusDriver
 from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import STATION_TAGS, ModbusStationServer, StationModel
 

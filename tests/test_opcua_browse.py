@@ -11,9 +11,10 @@ from fixtures_opcua import collect
 from ruamel.yaml import YAML
 
 from linetap.agent.browse import browse, browse_async
+from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.config.loader import load_config
 from linetap.drivers import DeviceConfigError, DeviceUnreachable
-from linetap.drivers.opcua import OpcUaDeviceConfig, OpcUaDriver
+from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import Quality
 from linetap.simulators.opcua_server import KNOWN_VALUES, NAMESPACE_URI, STATION_VARIABLES
 

@@ -10,8 +10,9 @@ import pytest
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver, station_config
 
+from linetap.config.devices.opcua import OpcUaDeviceConfig, parse_node_ref
 from linetap.drivers import DeviceUnreachable, DriverError, create_driver
-from linetap.drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, parse_node_ref
+from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import Quality, SampleBatch, now_us
 from linetap.simulators.opcua_server import KNOWN_VALUES, NAMESPACE_URI, OpcUaStationServer
 from linetap.simulators.station import StationModel

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from linetap.drivers.opcua import OpcUaDeviceConfig, OpcUaDriver
+from linetap.config.devices.opcua import OpcUaDeviceConfig
+from linetap.drivers.opcua import OpcUaDriver
 from linetap.simulators.opcua_server import NAMESPACE_URI
 
 

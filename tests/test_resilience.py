@@ -36,9 +36,10 @@ from linetap.agent import backoff as backoff_module
 from linetap.agent.backoff import Backoff
 from linetap.agent.payload import Topics
 from linetap.agent.runtime import Agent
+from linetap.config.devices.modbus import ModbusDeviceConfig
 from linetap.config.loader import load_config
 from linetap.drivers import DeviceUnreachable
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.drivers.modbus import ModbusDriver
 from linetap.simulators import STATION_TAGS, ModbusStationServer, StationModel
 
 DAY = 86_400.0

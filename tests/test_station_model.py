@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from fixtures_sim import ModelClock
 
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.config.devices.modbus import ModbusDeviceConfig
+from linetap.drivers.modbus import ModbusDriver
 from linetap.drivers.samples import Quality
 from linetap.simulators import (
     DWELL_LIMITS,

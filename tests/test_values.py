@@ -16,7 +16,8 @@ from linetap.agent import payload as P
 from linetap.agent.capture import StationAssembler
 from linetap.buffers import DuckDBBuffer
 from linetap.config.capture import StationCapture
-from linetap.drivers.modbus import ModbusDeviceConfig, ModbusDriver
+from linetap.config.devices.modbus import ModbusDeviceConfig
+from linetap.drivers.modbus import ModbusDriver
 from linetap.drivers.samples import Quality, SampleBatch, VType, shortest_float32
 from linetap.simulators import KNOWN_VALUES
 
