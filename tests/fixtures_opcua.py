@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from linetap.agent.certs import create_certificate
+from linetap.agent.cli.certs import create_certificate
 from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import SampleBatch

@@ -55,7 +55,7 @@ class SinkProc:
 
 def query(db: str, sql: str, params: tuple = ()) -> list[tuple]:
     """Run one statement on the sink's database (DuckDB: only while no sink holds the file), committed."""
-    from linetap.sink.db import open_target
+    from linetap.agent.sink.db import open_target
 
     t = open_target(db)
     try:

@@ -17,8 +17,8 @@ import pytest
 from fixtures_broker import free_port
 from rich.console import Console
 
-from linetap.agent.demo import DemoResult
-from linetap.agent.demo_view import Frame, LineDisplay, LiveDisplay, make_display
+from linetap.agent.cli.demo import DemoResult
+from linetap.agent.cli.demo_view import Frame, LineDisplay, LiveDisplay, make_display
 from linetap.buffers.integrity import GENESIS, record_hash
 from linetap.buffers.verify import verify_lines
 
@@ -168,7 +168,7 @@ def test_terminal_redraws_in_place() -> None:
 async def test_an_agent_failure_is_one_line_with_the_details_kept(tmp_path: Path) -> None:
     import asyncio
 
-    from linetap.agent.demo import DemoError, _run_agent
+    from linetap.agent.cli.demo import DemoError, _run_agent
 
     class BrokenAgent:
         async def run(self, stop: asyncio.Event) -> None:

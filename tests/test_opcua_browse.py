@@ -10,7 +10,7 @@ from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect
 from ruamel.yaml import YAML
 
-from linetap.agent.browse import browse, browse_async
+from linetap.agent.cli.browse import browse, browse_async
 from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.config.loader import load_config
 from linetap.drivers import DeviceConfigError, DeviceUnreachable

@@ -9,7 +9,7 @@ import pytest
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.agent.browse import browse_async
+from linetap.agent.cli.browse import browse_async
 from linetap.drivers import DeviceUnreachable
 from linetap.simulators.opcua_server import OpcUaStationServer
 from linetap.simulators.station import StationModel

@@ -7,7 +7,7 @@ import pytest
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.agent.certs import create_certificate, describe_certificate
+from linetap.agent.cli.certs import create_certificate, describe_certificate
 from linetap.drivers import DeviceConfigError, DeviceUnreachable, DriverError
 from linetap.drivers.samples import Quality
 from linetap.simulators.opcua_server import OpcUaStationServer
@@ -185,7 +185,7 @@ async def test_wrong_password_names_user_and_fix(secure_sim, opcua_pki):
 
 
 async def test_browse_reports_certificate_rejection_in_words(strict_sim, opcua_pki):
-    from linetap.agent.browse import browse_async
+    from linetap.agent.cli.browse import browse_async
 
     with pytest.raises(DriverError) as err:
         await browse_async(strict_sim.endpoint, security=_rogue(opcua_pki))
@@ -232,7 +232,7 @@ async def fault_sim(opcua_pki):
 
 
 async def test_service_fault_answering_open_secure_channel_names_the_cert(fault_sim, opcua_pki):
-    from linetap.agent.browse import browse_async
+    from linetap.agent.cli.browse import browse_async
 
     want = f"the server does not trust linetap's certificate: trust `{opcua_pki['rogue_cert'].resolve()}` on the server"
     driver = make_driver(fault_sim.endpoint, security=_rogue(opcua_pki))

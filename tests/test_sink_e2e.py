@@ -15,7 +15,7 @@ import pytest
 from sink_helpers import LINETAP, SinkProc, linetap, query
 from test_user_path import Simulator, copy_example, jsonl, stop_agent, wait_up
 
-from linetap.sink.db import to_us
+from linetap.agent.sink.db import to_us
 
 
 @pytest.fixture(params=["duckdb", "postgresql"])

@@ -203,9 +203,9 @@ def test_puback_only_after_commit(postgres_server, broker, tmp_path):
 
 def test_audit_verifies_chain_in_chunks(tmp_path, monkeypatch):
     """In-process on a real DuckDB file: links across chunk boundaries are checked, each break once."""
-    from linetap.sink import audit as audit_mod
-    from linetap.sink.db import open_target
-    from linetap.sink.store import Store, parse_payload
+    from linetap.agent.sink import audit as audit_mod
+    from linetap.agent.sink.db import open_target
+    from linetap.agent.sink.store import Store, parse_payload
 
     records, prev = [], GENESIS
     for seq in range(1, 8):

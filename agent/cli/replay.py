@@ -9,15 +9,19 @@ the agent runs).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import structlog
+import typer
 
-from linetap.agent.export import iter_messages
+from linetap.agent.cli.export import iter_messages
 from linetap.buffers import DuckDBBuffer
 from linetap.config.models import LineConfig
 from linetap.config.tls import client_context
 from linetap.drivers.samples import now_us
+
+from .common import EXIT_RUNTIME, app, load_or_exit
 
 log = structlog.get_logger("linetap.replay")
 
@@ -60,3 +64,28 @@ def replay(cfg: LineConfig, stream: str, from_seq: int, to_seq: int | None = Non
         client.disconnect()
         client.loop_stop()
         buf.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+@app.command("replay")
+def replay_command(
+    config: Path = typer.Argument(..., help="line config (YAML)"),
+    stream: str = typer.Option(..., help="telemetry, units or events"),
+    from_seq: int = typer.Option(..., help="first seq to re-send"),
+    to_seq: int | None = typer.Option(None, help="last seq to re-send (default: the last one)"),
+) -> None:
+    """Re-send a range of one stream to the broker (same ids), e.g. when the MES asks for it. Stop the agent first."""
+    from linetap.buffers import BufferError
+
+    if stream not in ("telemetry", "units", "events"):
+        raise typer.BadParameter("expected telemetry, units or events", param_hint="--stream")
+    cfg = load_or_exit(config)
+    try:
+        n = replay(cfg, stream, from_seq, to_seq)
+    except (BufferError, OSError, RuntimeError, TimeoutError) as err:
+        typer.echo(f"linetap: replay failed: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    typer.echo(f"re-sent {n} {stream} records from seq {from_seq}")

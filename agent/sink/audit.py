@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
+from linetap.agent.sink.db import Target
+from linetap.agent.sink.store import chain_findings, record_envelope
 from linetap.buffers.verify import _subtract  # the verifier's own interval arithmetic
-from linetap.sink.db import Target
-from linetap.sink.store import chain_findings, record_envelope
 
 __all__ = ["StreamAudit", "audit", "held_ranges", "render"]
 

@@ -1,4 +1,4 @@
-"""`linetap sink`, `linetap audit`, `linetap trace`: the MES-side commands (registered by agent/cli.py)."""
+"""`linetap sink`, `linetap audit`, `linetap trace`: the MES-side commands (the MES side)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["register"]
+from .common import app
 
 EXIT_PROBLEM = 1  # audit: incomplete or not intact; trace: serial not found
 EXIT_INPUT = 2
@@ -40,7 +40,7 @@ def _db_errors() -> tuple[type[BaseException], ...]:
 
 
 def _open(db: str, command: str, read_only: bool):
-    from linetap.sink.db import BadTarget, TargetError, open_target
+    from linetap.agent.sink.db import BadTarget, TargetError, open_target
 
     try:
         return open_target(db, read_only=read_only)
@@ -92,7 +92,7 @@ def sink(
 ) -> None:
     """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
     from linetap.agent.logs import configure_logging, get_logger
-    from linetap.sink.consumer import SinkError, SinkOptions, run_sink
+    from linetap.agent.sink.consumer import SinkError, SinkOptions, run_sink
 
     host, port = _parse_broker(broker)
     if share is not None and not re.match(r"^[^/+#\s]+$", share):
@@ -106,7 +106,7 @@ def sink(
         raise typer.BadParameter(f"{ca_file} {'is a folder' if ca_file.is_dir() else 'does not exist'}",
                                  param_hint="--ca-file")
     configure_logging("auto", "info")
-    log = get_logger("linetap.sink")
+    log = get_logger("linetap.agent.sink")
     opts = SinkOptions(host, port, topic=topic, share=share,
                        client_id=client_id or f"linetap-sink-{socket.gethostname()}", session_expiry=session_expiry,
                        username=username, password=password, ca_file=str(ca_file) if ca_file else None)
@@ -138,8 +138,8 @@ def audit(
 ) -> None:
     """Per agent and stream: seqs held, missing (and covered by gap events), chain breaks, differing
     duplicates. Exit 0 only when complete and intact, 1 otherwise."""
-    from linetap.sink.audit import as_json, render
-    from linetap.sink.audit import audit as do_audit
+    from linetap.agent.sink.audit import as_json, render
+    from linetap.agent.sink.audit import audit as do_audit
 
     target = _open(db, "audit", read_only=True)
     try:
@@ -161,8 +161,8 @@ def trace(
     """Every unit record and non-conformance of one serial, in time order, with its chain checked."""
     import orjson
 
-    from linetap.sink.trace import render_text
-    from linetap.sink.trace import trace as do_trace
+    from linetap.agent.sink.trace import render_text
+    from linetap.agent.sink.trace import trace as do_trace
 
     if format not in ("text", "json"):
         raise typer.BadParameter("expected text or json", param_hint="--format")
@@ -182,7 +182,6 @@ def trace(
         typer.echo(render_text(result))
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(sink)
-    app.command()(audit)
-    app.command()(trace)
+app.command()(sink)
+app.command()(audit)
+app.command()(trace)

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from linetap.sink.db import Target
-from linetap.sink.store import RECORD_COLUMNS, chain_findings, record_envelope
+from linetap.agent.sink.db import Target
+from linetap.agent.sink.store import RECORD_COLUMNS, chain_findings, record_envelope
 
 __all__ = ["render_text", "trace"]
 

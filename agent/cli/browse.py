@@ -12,10 +12,15 @@ import asyncio
 import datetime as _dt
 import json
 import re
+from pathlib import Path
 from typing import Any
+
+import typer
 
 from linetap.config.devices.opcua import OpcUaSecurity, parse_node_ref
 from linetap.drivers.opcua import open_client, read_operation_limits
+
+from .common import EXIT_CONFIG, EXIT_RUNTIME, app
 
 
 async def browse_async(
@@ -238,3 +243,53 @@ def _yaml(endpoint: str, root: str | None, depth: int, ns_array: list[str], vari
         if unit:
             lines.append(f"    unit: {json.dumps(unit, ensure_ascii=False)}")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+@app.command("browse")
+def browse_command(
+    endpoint: str = typer.Argument(..., help="opc.tcp://host:port"),
+    root: str | None = typer.Option(None, help="start node: node id or path from Objects (e.g. Line/Sealer1)"),
+    depth: int = typer.Option(6, min=0, max=100, help="levels below the root"),
+    policy: str = typer.Option("None", help="None, Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss"),
+    mode: str | None = typer.Option(None, help="Sign or SignAndEncrypt (default with a policy)"),
+    cert: Path | None = typer.Option(None, help="client certificate"),
+    key: Path | None = typer.Option(None, help="client private key"),
+    server_cert: Path | None = typer.Option(None, help="trusted server certificate"),
+    trust_dir: Path | None = typer.Option(None, help="folder of trusted server certificates"),
+    username: str | None = typer.Option(None, help="user name (password from $LINETAP_OPCUA_PASSWORD)"),
+) -> None:
+    """Print the variables of an OPC UA server as a YAML tag map for an opcua device."""
+    import os
+
+    from pydantic import ValidationError
+
+    from linetap.drivers import DriverError
+
+    if not re.match(r"^opc\.tcp://[^/:\s]+(:\d+)?(/.*)?$", endpoint):
+        raise typer.BadParameter(f"{endpoint!r} is not an OPC UA endpoint; write it like opc.tcp://192.168.0.10:4840",
+                                 param_hint="ENDPOINT")
+    port_text = re.match(r"^opc\.tcp://[^/:]+:(\d+)", endpoint)
+    if port_text and not 1 <= int(port_text.group(1)) <= 65535:
+        raise typer.BadParameter("the port must be 1..65535", param_hint="ENDPOINT")
+    for option, path in (("--cert", cert), ("--key", key), ("--server-cert", server_cert)):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}",
+                                     param_hint=option)
+    if trust_dir is not None and not trust_dir.is_dir():
+        raise typer.BadParameter(f"{trust_dir} is not a folder", param_hint="--trust-dir")
+    security = {"policy": policy, "mode": mode, "certificate": cert, "private_key": key,
+                "server_certificate": server_cert, "trust_dir": trust_dir, "username": username,
+                "password": os.environ.get("LINETAP_OPCUA_PASSWORD") if username else None}
+    try:
+        typer.echo(browse(endpoint, root, depth,
+                             security={k: v for k, v in security.items() if v is not None}), nl=False)
+    except ValidationError as err:
+        typer.echo(f"linetap browse: {err.errors()[0]['msg']}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except DriverError as err:
+        typer.echo(f"linetap browse: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None

@@ -15,6 +15,10 @@ import os
 import socket
 from pathlib import Path
 
+import typer
+
+from .common import EXIT_CONFIG, app, describe_os_error
+
 
 def default_application_uri(name: str = "linetap") -> str:
     return f"urn:linetap:{socket.gethostname()}:{name}"
@@ -98,3 +102,42 @@ def describe_certificate(path: str | Path) -> str:
             f"hosts {', '.join(hosts) or '(none)'}\n"
             f"valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d} ({state})\n"
             f"SHA-1 thumbprint {cert.fingerprint(hashes.SHA1()).hex()}")
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+certs_app = typer.Typer(help="OPC UA application certificates for secured connections.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("create")
+def certs_create(
+    cert: Path = typer.Option(Path("pki/linetap-cert.der"), help="certificate file (.der or .pem)"),
+    key: Path = typer.Option(Path("pki/linetap-key.pem"), help="private key file (PEM, mode 0600)"),
+    application_uri: str | None = typer.Option(None, help="default: urn:linetap:<hostname>:linetap"),
+    host: list[str] | None = typer.Option(None, help="DNS name or IP for the certificate (repeat); "
+                                           "default: this host, localhost, 127.0.0.1"),
+    days: int = typer.Option(3650, help="validity in days"),
+    overwrite: bool = typer.Option(False, help="replace existing files"),
+) -> None:
+    """Create a self-signed OPC UA client certificate and key; give the certificate to the PLC engineer."""
+
+    for option, path in (("--cert", cert), ("--key", key)):
+        if path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder: give a file name", param_hint=option)
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint=option)
+    try:
+        create_certificate(cert, key, application_uri=application_uri, hostnames=host or None, days=days,
+                           overwrite=overwrite)
+    except (FileExistsError, ValueError) as err:
+        typer.echo(f"linetap certs create: {err}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except OSError as err:
+        typer.echo(f"linetap certs create: cannot write {err.filename or cert}: {describe_os_error(err)}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(f"wrote {cert} and {key}\n{describe_certificate(cert)}\n"
+               f"Next: copy {cert} (not the key) into the server's trusted certificates.")

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
+from linetap.agent.sink.db import Target, from_us
 from linetap.buffers.verify import verify_lines
-from linetap.sink.db import Target, from_us
 
 __all__ = ["Parsed", "Store", "parse_payload", "record_envelope"]
 
@@ -248,7 +248,7 @@ class Store:
 
     def refresh_streams(self, touched: set[tuple[str, str]]) -> None:
         """Recompute `sink_streams` for the (agent, stream) pairs that received records."""
-        from linetap.sink.audit import held_ranges
+        from linetap.agent.sink.audit import held_ranges
 
         now = datetime.now(UTC)
         with self.t.transaction():

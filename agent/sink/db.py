@@ -108,7 +108,7 @@ class Target:
 
     def migrations(self) -> list[tuple[int, str, str]]:
         """(version, name, SQL) of every migration file shipped, in order."""
-        folder = resources.files("linetap.sink") / "migrations"
+        folder = resources.files("linetap.agent.sink") / "migrations"
         out = []
         for entry in folder.iterdir():
             m = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)

@@ -25,13 +25,16 @@ from typing import TextIO
 
 import orjson
 import paho.mqtt.client as mqtt
+import typer
 
-from linetap.agent.demo_view import Display, Frame, make_display
+from linetap.agent.cli.demo_view import Display, Frame, make_display
 from linetap.agent.logs import configure_logging
 from linetap.agent.runtime import Agent
 from linetap.buffers.verify import Report, verify_lines
 from linetap.config.loader import load_config
 from linetap.config.models import LineConfig
+
+from .common import app, run_until_signal
 
 EXAMPLE = "heat-sealer-modbus.yaml"
 CONNECT_TIMEOUT = 3.0  # seconds to reach a broker given with --broker
@@ -347,3 +350,51 @@ async def _refresh(display: Display, agent: Agent, view: SubscriberView, started
                       samples=view.samples, messages=view.messages, units=view.units, events=view.events,
                       buffer=buffer, devices=agent.stats.devices, recent=list(view.recent))
     display.show(frame)
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+EXIT_DEMO_FAILED = 1  # the demo ran, but the MES did not receive what it should (or the chains did not verify)
+
+
+@app.command()
+def demo(
+    broker: str | None = typer.Option(None, help="use this broker (HOST:PORT) instead of starting one"),
+    duration: float | None = typer.Option(None, help="stop after this many seconds (default: until Ctrl-C)"),
+    tags: int = typer.Option(200, help="extra bulk tags to poll besides the station's own"),
+    interval: str = typer.Option("100ms", help="poll interval"),
+) -> None:
+    """Simulator + broker + agent + subscriber on this machine, with a live view. Needs nothing installed.
+
+    Ends with what the MES stand-in received; exit 0 only if telemetry, unit records and events
+    arrived and their hash chains verified, else 1.
+    """
+    from linetap.config.units import parse_duration
+    from linetap.simulators import BULK_COUNT
+
+    # every check before anything starts: a typo is a usage error (exit 2), not a half-started line
+    if duration is not None and not duration > 0:  # `not >` also refuses nan
+        raise typer.BadParameter("must be more than 0 seconds (leave it out to run until Ctrl-C)",
+                                 param_hint="--duration")
+    if not 0 <= tags <= BULK_COUNT:
+        raise typer.BadParameter(f"must be 0..{BULK_COUNT} (the simulator's bulk block)", param_hint="--tags")
+    try:
+        poll = parse_duration(interval)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--interval") from None
+    if not poll > 0:
+        raise typer.BadParameter("must be more than 0 (e.g. 100ms)", param_hint="--interval")
+    try:
+        broker_addr = parse_broker(broker) if broker is not None else None
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--broker") from None
+    try:
+        result = run_until_signal(lambda stop: run_demo(stop, broker=broker_addr, duration=duration,
+                                                         bulk_tags=tags, interval=poll))
+    except DemoError as err:
+        typer.echo(f"linetap demo: {err}", err=True)
+        raise typer.Exit(EXIT_DEMO_FAILED) from None
+    typer.echo(result.summary())
+    raise typer.Exit(0 if result.ok else EXIT_DEMO_FAILED)

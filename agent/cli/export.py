@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import typer
 
 from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
 from linetap.buffers import DuckDBBuffer
 from linetap.buffers.records import StoredRecord
 from linetap.config.models import LineConfig
+
+from .common import EXIT_RUNTIME, app, describe_os_error, load_or_exit
 
 CHUNK = 50_000
 
@@ -84,3 +87,65 @@ def _jsonl(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, params: 
         out.writelines(payload + b"\n" for _topic, payload in messages)
         count += rows
     return count
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+def _writable_output(output: Path) -> None:
+    if output.is_dir():
+        raise typer.BadParameter(f"{output} is a folder: give a file name", param_hint="--output")
+    parent = output.parent
+    if parent.exists() and not parent.is_dir():
+        raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint="--output")
+    if not parent.exists():
+        raise typer.BadParameter(f"the folder {parent} does not exist", param_hint="--output")
+
+
+def _iso_to_us(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO date/time (e.g. 2026-11-24T08:00:00Z)",
+                                 param_hint=option) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)
+
+
+@app.command("export")
+def export_command(
+    config: Path = typer.Argument(..., help="line config (YAML)"),
+    stream: str = typer.Option(..., help="telemetry, units or events"),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (MQTT envelopes), csv or parquet"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="file to write (jsonl: default stdout)"),
+    from_seq: int | None = typer.Option(None, help="first seq"),
+    to_seq: int | None = typer.Option(None, help="last seq"),
+    since: str | None = typer.Option(None, help="from this time (ISO 8601; UTC if no zone)"),
+    until: str | None = typer.Option(None, help="before this time (ISO 8601)"),
+) -> None:
+    """Export a range of one stream from the buffer (stop the agent first: the buffer is locked while it runs)."""
+    from linetap.buffers import BufferError
+
+    if stream not in ("telemetry", "units", "events"):
+        raise typer.BadParameter("expected telemetry, units or events", param_hint="--stream")
+    if format not in ("jsonl", "csv", "parquet"):
+        raise typer.BadParameter("expected jsonl, csv or parquet", param_hint="--format")
+    if output is not None:
+        _writable_output(output)
+    cfg = load_or_exit(config)
+    try:
+        n = export(cfg, stream, format, output, from_seq=from_seq, to_seq=to_seq,
+                      since_us=_iso_to_us(since, "--since"), until_us=_iso_to_us(until, "--until"))
+    except (BufferError, ValueError) as err:
+        typer.echo(f"linetap: {err}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    except OSError as err:
+        typer.echo(f"linetap export: cannot write {output or 'the output'}: {describe_os_error(err)}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    typer.echo(f"exported {n} {stream} rows" + (f" to {output}" if output else ""), err=True)

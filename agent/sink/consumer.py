@@ -26,12 +26,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from linetap.agent.logs import get_logger
-from linetap.sink.db import Target, TargetError
-from linetap.sink.store import Store, parse_payload
+from linetap.agent.sink.db import Target, TargetError
+from linetap.agent.sink.store import Store, parse_payload
 
 __all__ = ["SinkError", "SinkOptions", "run_sink"]
 
-log = get_logger("linetap.sink")
+log = get_logger("linetap.agent.sink")
 
 BATCH_MAX = 500  # messages per transaction
 BATCH_WAIT = 0.05  # s: how long a batch waits for more messages

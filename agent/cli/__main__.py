@@ -1,0 +1,5 @@
+"""`python -m linetap.agent.cli` = `linetap`."""
+
+from linetap.agent.cli import main
+
+main()
