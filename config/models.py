@@ -203,12 +203,5 @@ class LineConfig(Strict):
                 mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update={
                     "key_password_file": fix(tls.key_password_file)})})
         buffer = self.buffer.model_copy(update={"path": fix(self.buffer.path)})
-        devices = []
-        for device in self.devices:
-            security = getattr(device, "security", None)
-            if security is not None:
-                files = ("certificate", "private_key", "server_certificate", "trust_dir", "password_file")
-                security = security.model_copy(update={f: fix(getattr(security, f)) for f in files})
-                device = device.model_copy(update={"security": security})
-            devices.append(device)
+        devices = [device.resolve_paths(base) for device in self.devices]
         return self.model_copy(update={"buffer": buffer, "mqtt": mqtt, "devices": devices})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from linetap.config.issues import At
 from linetap.config.units import Duration
+
+from .base import DeviceBase, TagBase
 
 ModbusTable = Literal["holding", "input", "coil", "discrete"]
 ModbusType = Literal[
@@ -20,12 +22,9 @@ REGISTER_WIDTH = {"bit": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "f
                   "int64": 4, "uint64": 4, "float64": 4}
 
 
-class ModbusTag(BaseModel):
+class ModbusTag(TagBase):
     """One value in the device's Modbus map."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="tag name, unique per device")
     table: ModbusTable = Field("holding", description="holding | input registers, coil | discrete input")
     address: int = Field(ge=0, le=65536, description="register/bit address, in the device's `addressing`")
     type: ModbusType = Field("uint16", description="data type; coils and discrete inputs are bool")
@@ -73,15 +72,10 @@ def _span(tag: ModbusTag) -> str:
     return str(tag.address) if tag.width == 1 else f"{tag.address}..{tag.address + tag.width - 1}"
 
 
-class ModbusDeviceConfig(BaseModel):
+class ModbusDeviceConfig(DeviceBase):
     """A Modbus TCP device (PLC, controller, gateway)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     protocol: Literal["modbus"]
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$", description="device name, unique per line")
-    station: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$",
-                                description="ISA-95 station/work cell for topics; defaults to the device name")
     host: str = Field(min_length=1)
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id")
@@ -98,11 +92,7 @@ class ModbusDeviceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_tags(self) -> Self:
-        seen: dict[str, int] = {}
         for i, tag in enumerate(self.tags):
-            if tag.name in seen:
-                raise At(("tags", i, "name"), f"duplicate tag name {tag.name!r}", first=("tags", seen[tag.name], "name"))
-            seen[tag.name] = i
             first = 1 if self.addressing == "one_based" else 0
             if tag.address < first:
                 raise At(("tags", i, "address"), f"tag {tag.name!r}: address {tag.address} is below {first}, the "
@@ -142,7 +132,3 @@ class ModbusDeviceConfig(BaseModel):
                          "check the addresses and types (a bit of a register is type: bit)",
                          first=("tags", j, "address"))
             open_spans.append((start, end, i))
-
-    @property
-    def station_name(self) -> str:
-        return self.station or self.name

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from linetap.config.secrets import secret_value
 from linetap.config.units import Duration
 
+from .base import DeviceBase, TagBase, resolve
+
 SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["None", "Sign", "SignAndEncrypt"]
 
@@ -35,12 +37,9 @@ class OpcUaDeadband(BaseModel):
         return self
 
 
-class OpcUaTag(BaseModel):
+class OpcUaTag(TagBase):
     """One variable on the OPC UA server."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="tag name, unique per device")
     node: str = Field(
         min_length=1,
         description="node id (ns=2;s=..., ns=3;i=..., nsu=<namespace uri>;s=...) or browse path from "
@@ -104,15 +103,10 @@ class OpcUaSecurity(BaseModel):
         return secret_value(self.password, self.password_file, "security.password_file")
 
 
-class OpcUaDeviceConfig(BaseModel):
+class OpcUaDeviceConfig(DeviceBase):
     """An OPC UA server (PLC, controller, gateway)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     protocol: Literal["opcua"]
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$", description="device name, unique per line")
-    station: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$",
-                                description="ISA-95 station/work cell for topics; defaults to the device name")
     endpoint: str = Field(description="opc.tcp://host:port[/path]")
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (monitored items) or poll (reads)")
     publishing_interval: Duration = Field(0.5, gt=0, description="subscribe: how often the server sends changes")
@@ -143,21 +137,18 @@ class OpcUaDeviceConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check_tags(self) -> Self:
-        seen: set[str] = set()
+    def _check_node_refs(self) -> Self:
         for tag in self.tags:
-            if tag.name in seen:
-                raise ValueError(f"duplicate tag name {tag.name!r}")
-            seen.add(tag.name)
             try:
                 parse_node_ref(tag.node)
             except ValueError as err:
                 raise ValueError(f"tag {tag.name!r}: {err}") from None
         return self
 
-    @property
-    def station_name(self) -> str:
-        return self.station or self.name
+    def resolve_paths(self, base: Path) -> Self:
+        files = ("certificate", "private_key", "server_certificate", "trust_dir", "password_file")
+        security = self.security.model_copy(update={f: resolve(getattr(self.security, f), base) for f in files})
+        return self.model_copy(update={"security": security})
 
 
 def parse_node_ref(text: str) -> tuple[str, Any]:
