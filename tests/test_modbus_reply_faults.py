@@ -13,8 +13,9 @@ from modbus_raw_server import RawModbusServer, table_value
 from structlog.testing import capture_logs
 
 from linetap.config.devices.modbus import ModbusDeviceConfig
-from linetap.drivers import DeviceUnreachable, modbus_reply
+from linetap.drivers import DeviceUnreachable
 from linetap.drivers.modbus import ModbusDriver
+from linetap.drivers.modbus import reply as modbus_reply
 from linetap.drivers.samples import Quality, SampleBatch
 from linetap.simulators import STATION_TAGS, ModbusStationServer, StationModel
 
@@ -216,7 +217,7 @@ async def test_without_the_checks_pymodbus_takes_the_wrong_replies(raw_server, m
     (the driver as it was), pymodbus hands back a function-4 reply and a transaction-0 reply as
     the answer to a function-3 request."""
     monkeypatch.setattr(modbus_reply.ReplyGuard, "install", staticmethod(lambda client: None))
-    monkeypatch.setattr("linetap.drivers.modbus.check_response", lambda response, expected: None)
+    monkeypatch.setattr("linetap.drivers.modbus.driver.check_response", lambda response, expected: None)
     d = ModbusDriver(device(raw_server.port, REGISTER_TAGS))
     await d.connect()
     try:

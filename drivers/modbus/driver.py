@@ -35,8 +35,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from linetap.config.devices.modbus import ModbusDeviceConfig, ModbusTag
 from linetap.drivers.samples import Quality, SampleBatch, now_us, shortest_float32
 
-from .base import DeviceUnreachable, PollingDriver, describe_os_error
-from .modbus_reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for
+from ..base import DeviceUnreachable, PollingDriver, describe_os_error
+from .reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for
 
 log = structlog.get_logger("linetap.drivers.modbus")
 
