@@ -341,7 +341,7 @@ def test_memory_limit_is_configurable_and_has_a_floor():
 def test_a_first_start_cut_off_before_the_records_file_existed_begins_again(path):
     import duckdb
 
-    from linetap.buffers.duckdb_buffer import _DDL
+    from linetap.buffers.schema import _DDL
 
     con = duckdb.connect(str(path))  # killed right after creating the buffer file's tables
     con.execute(_DDL)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from linetap.buffers import BufferCorrupt, BufferError, DuckDBBuffer
-from linetap.buffers.duckdb_buffer import DEFAULT_MEMORY_LIMIT
 from linetap.buffers.records import Event
+from linetap.buffers.schema import DEFAULT_MEMORY_LIMIT
 from linetap.drivers.samples import TELEMETRY_SCHEMA
 
 NAMES = ["demo-buffer.duckdb", "heat-sealer-buffer.duckdb", "linetap-buffer.duckdb", "select.duckdb",
