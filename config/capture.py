@@ -6,7 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .issues import At
+from .issues import unique_names
 from .units import Duration
 
 
@@ -113,12 +113,7 @@ class StationCapture(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        seen: dict[str, int] = {}
-        for i, p in enumerate(self.parameters):
-            if p.name in seen:
-                raise At(("parameters", i, "name"), f"duplicate parameter name {p.name!r}",
-                         first=("parameters", seen[p.name], "name"))
-            seen[p.name] = i
+        unique_names(self.parameters, "parameters", "parameter")
         return self
 
     @property

@@ -72,3 +72,13 @@ class At(ValueError):
         super().__init__(message)
         self.loc = tuple(loc)
         self.first = tuple(first) if first is not None else None
+
+
+def unique_names(items, key: str, what: str) -> None:
+    """Raise At at the second of two `items` (under `key`) with the same `.name`, pointing back at
+    the first: `duplicate <what> name 'x'`. One check for tags, parameters, devices and stations."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            raise At((key, i, "name"), f"duplicate {what} name {item.name!r}", first=(key, seen[item.name], "name"))
+        seen[item.name] = i

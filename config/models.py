@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from .capture import StationCapture
 from .devices import DeviceConfig
-from .issues import At
+from .issues import At, unique_names
 from .secrets import secret_value
 from .units import ByteSize, Duration
 
@@ -152,23 +152,14 @@ class LineConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
-        seen: dict[str, int] = {}
-        for i, device in enumerate(self.devices):
-            if device.name in seen:
-                raise At(("devices", i, "name"), f"duplicate device name {device.name!r}",
-                         first=("devices", seen[device.name], "name"))
-            seen[device.name] = i
+        unique_names(self.devices, "devices", "device")
         return self
 
     @model_validator(mode="after")
     def _stations_fit_devices(self) -> Self:
         devices = {d.name: d for d in self.devices}
-        seen: dict[str, int] = {}
+        unique_names(self.stations, "stations", "station")
         for i, station in enumerate(self.stations):
-            if station.name in seen:
-                raise At(("stations", i, "name"), f"duplicate station name {station.name!r}",
-                         first=("stations", seen[station.name], "name"))
-            seen[station.name] = i
             device = devices.get(station.device)
             if device is None:
                 raise At(("stations", i, "device"), f"station {station.name!r}: no device named "

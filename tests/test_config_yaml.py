@@ -101,3 +101,38 @@ def test_url_credentials_are_never_echoed() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(HEAD + "mqtt: {url: 'mqtts://line3:hunter2@broker:8883'}\n" + DEVICE)
     assert "hunter2" not in str(err.value) and "`username`" in str(err.value)
+
+
+LINE_WITH_SECURED_OPCUA = """\
+agent: {id: line-7, enterprise: acme, site: s, area: a, line: l}
+devices:
+  - protocol: opcua
+    name: sealer1
+    endpoint: opc.tcp://10.0.12.40:4840
+    security:
+      policy: Basic256Sha256
+      certificate: pki/linetap-cert.der
+      private_key: pki/linetap-key.pem
+      trust_dir: /etc/linetap/trusted
+    tags: [{name: temp, node: "ns=2;s=T"}]
+stations:
+  - {name: sealer1, device: sealer1, serial: {tag: temp}, start: {tag: temp, on: rising}}
+  - {name: sealer1, device: sealer1, serial: {tag: temp}, start: {tag: temp, on: rising}}
+"""
+
+
+def test_relative_opcua_certificate_paths_are_the_config_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "line 7"
+    text = LINE_WITH_SECURED_OPCUA[:LINE_WITH_SECURED_OPCUA.index("stations:")]
+    security = parse_config(text, base=folder, check_files=False).devices[0].security
+    assert security.certificate == folder / "pki/linetap-cert.der"
+    assert security.private_key == folder / "pki/linetap-key.pem"
+    assert security.trust_dir == Path("/etc/linetap/trusted")  # absolute: as written
+
+
+def test_duplicate_station_points_at_the_second(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(LINE_WITH_SECURED_OPCUA, base=tmp_path, check_files=False)
+    (issue,) = err.value.issues
+    assert (issue.line, issue.field) == (14, "stations[1].name")
+    assert issue.message == "duplicate station name 'sealer1' (first at line 13)"

@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from linetap.config.issues import At
+from linetap.config.issues import unique_names
 
 NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"  # a topic level: no MQTT wildcards, separators or spaces
 
@@ -37,12 +37,7 @@ class DeviceBase(BaseModel):
 
     @model_validator(mode="after")
     def _unique_tag_names(self) -> Self:
-        seen: dict[str, int] = {}
-        for i, tag in enumerate(self.tags):
-            if tag.name in seen:
-                raise At(("tags", i, "name"), f"duplicate tag name {tag.name!r}",
-                         first=("tags", seen[tag.name], "name"))
-            seen[tag.name] = i
+        unique_names(self.tags, "tags", "tag")
         return self
 
     @property
