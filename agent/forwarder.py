@@ -36,14 +36,13 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from linetap.agent.backoff import Backoff
-from linetap.agent.payload import (
-    STREAMS,
-    Topics,
+from linetap.agent.encoders.json_envelope import (
     encode_record,
     encode_status,
     encode_telemetry,
     telemetry_chunk,
 )
+from linetap.agent.topics import STREAMS, Topics
 from linetap.buffers import BufferWriteFailed
 from linetap.buffers.records import StoredRecord
 from linetap.config.secrets import FileProblem

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linetap.agent.payload import message_spans
+from linetap.agent.encoders.json_envelope import message_spans
 
 BATCH = 500  # mqtt.telemetry_batch default
 FLUSH_MS = 200  # buffer.flush_interval default

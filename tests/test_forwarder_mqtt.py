@@ -30,7 +30,7 @@ from jsonschema import Draft202012Validator
 
 import linetap.config
 from linetap.agent.forwarder import MQTTForwarder
-from linetap.agent.payload import Topics
+from linetap.agent.topics import Topics
 from linetap.buffers import AsyncBuffer
 from linetap.buffers.records import Event
 from linetap.config.models import LineConfig

@@ -11,14 +11,15 @@ import pytest
 from jsonschema import Draft202012Validator, ValidationError
 
 import linetap.config
-from linetap.agent import payload as P
+from linetap.agent.encoders import json_envelope as P
+from linetap.agent.topics import Topics, data_topic
 from linetap.buffers.records import StoredRecord
 from linetap.drivers.samples import Quality, SampleBatch
 
 SCHEMAS = Path(linetap.config.__file__).parent / "schemas"
 V = {n: Draft202012Validator(json.loads((SCHEMAS / f"{n}.json").read_text()))
      for n in ("telemetry", "unit", "event", "status")}
-TOPICS = P.Topics("acme/p1/a1/l1/", "ag-1", {"press1": "sealer1"})
+TOPICS = Topics("acme/p1/a1/l1/", "ag-1", {"press1": "sealer1"})
 
 
 def rows(devices: list[str], first_seq: int = 1, polls: list[int] | None = None) -> pa.Table:
@@ -134,4 +135,4 @@ def test_status_and_schema_rejects_garbage():
 
 def test_unknown_device_uses_its_name_as_station():
     assert TOPICS.telemetry("oven9") == "acme/p1/a1/l1/oven9/telemetry"
-    assert P.data_topic("r", "s", "events") == "r/s/events"
+    assert data_topic("r", "s", "events") == "r/s/events"

@@ -34,8 +34,8 @@ from fixtures_opcua import make_driver
 
 from linetap.agent import backoff as backoff_module
 from linetap.agent.backoff import Backoff
-from linetap.agent.payload import Topics
 from linetap.agent.runtime import Agent
+from linetap.agent.topics import Topics
 from linetap.config.devices.modbus import ModbusDeviceConfig
 from linetap.config.loader import load_config
 from linetap.drivers import DeviceUnreachable

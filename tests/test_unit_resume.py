@@ -228,7 +228,7 @@ def test_unit_started_envelope_fits_the_event_schema_and_verifies(tmp_path):
     from jsonschema import Draft202012Validator, ValidationError
 
     import linetap.config
-    from linetap.agent.payload import encode_record
+    from linetap.agent.encoders.json_envelope import encode_record
     from linetap.buffers.verify import verify
 
     schema = json.loads((Path(linetap.config.__file__).parent / "schemas" / "event.json").read_text())

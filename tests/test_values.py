@@ -12,8 +12,9 @@ import numpy as np
 import orjson
 import pytest
 
-from linetap.agent import payload as P
 from linetap.agent.capture import StationAssembler
+from linetap.agent.encoders import json_envelope as P
+from linetap.agent.topics import Topics
 from linetap.buffers import DuckDBBuffer
 from linetap.config.capture import StationCapture
 from linetap.config.devices.modbus import ModbusDeviceConfig
@@ -22,7 +23,7 @@ from linetap.drivers.samples import Quality, SampleBatch, VType, shortest_float3
 from linetap.simulators import KNOWN_VALUES
 
 AGENT = "sealing-line-1"
-TOPICS = P.Topics("acme/site/area/line", AGENT)
+TOPICS = Topics("acme/site/area/line", AGENT)
 
 
 def widened(x: float) -> float:

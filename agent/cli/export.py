@@ -13,7 +13,8 @@ from pathlib import Path
 import orjson
 import typer
 
-from linetap.agent.payload import Topics, encode_record, iter_telemetry_messages
+from linetap.agent.encoders.json_envelope import encode_record, iter_telemetry_messages
+from linetap.agent.topics import Topics
 from linetap.buffers import DuckDBBuffer
 from linetap.buffers.records import StoredRecord
 from linetap.config.models import LineConfig

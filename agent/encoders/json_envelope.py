@@ -1,4 +1,4 @@
-"""MQTT payloads (versioned JSON envelopes, encoded with orjson) and topic names.
+"""The JSON envelope payloads (versioned, encoded with orjson): `mqtt.payload: json`.
 
 Envelopes (JSON Schemas in `config/schemas/`):
 
@@ -19,7 +19,7 @@ Envelopes (JSON Schemas in `config/schemas/`):
 
     {"schema": "linetap.status/1", "agent": ..., "state": "online" | "offline", "ts": us}
 
-Topics: `{root}/{station}/{stream}` for data, `{root}/_agent/{agent_id}/status` for status.
+Topics: `linetap.agent.topics`.
 
 A message's content depends only on the buffer's rows, never on when it is sent, except
 `sent_at`: a re-sent message has the same id and the same samples. Telemetry message
@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from linetap.agent.topics import Topics
 from linetap.buffers.records import StoredRecord
 from linetap.drivers.samples import VType
 
@@ -52,49 +53,8 @@ EVENT_SCHEMA_ID = "linetap.event/1"
 STATUS_SCHEMA_ID = "linetap.status/1"
 
 RECORD_SCHEMA_IDS = {"units": UNIT_SCHEMA_ID, "events": EVENT_SCHEMA_ID}
-STREAMS = ("events", "units", "telemetry")  # also the forwarder's order of priority
-
-LINE_STATION = "_line"  # topic level of records that belong to no station
 QUALITY_NAMES = ("good", "uncertain", "bad")
 _QUALITY_LOOKUP = np.array(QUALITY_NAMES + ("bad",) * (256 - len(QUALITY_NAMES)), dtype=object)
-
-
-# --- topics ---------------------------------------------------------------------------------
-
-
-def data_topic(topic_root: str, station: str, stream: str) -> str:
-    return f"{topic_root}/{station}/{stream}"
-
-
-def status_topic(topic_root: str, agent_id: str) -> str:
-    return f"{topic_root}/_agent/{agent_id}/status"
-
-
-def record_station(record: StoredRecord) -> str:
-    return record.body.get("station") or LINE_STATION
-
-
-class Topics:
-    """Topic names of one agent, from its config (`LineConfig`)."""
-
-    def __init__(self, topic_root: str, agent_id: str, stations: dict[str, str] | None = None) -> None:
-        self.root = topic_root.strip("/")
-        self.agent_id = agent_id
-        self.stations = dict(stations or {})  # device name -> station name
-        self.status = status_topic(self.root, agent_id)
-
-    @classmethod
-    def from_config(cls, config: Any) -> Topics:
-        return cls(config.topic_root, config.agent.id, {d.name: d.station_name for d in config.devices})
-
-    def station_of(self, device: str) -> str:
-        return self.stations.get(device, device)
-
-    def telemetry(self, device: str) -> str:
-        return data_topic(self.root, self.station_of(device), "telemetry")
-
-    def record(self, record: StoredRecord) -> str:
-        return data_topic(self.root, record_station(record), record.stream)
 
 
 # --- telemetry --------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""MQTT payload encoders: how buffer rows become message payloads."""
