@@ -44,7 +44,6 @@ def test_the_contracts_see_real_imports(tmp_path: Path) -> None:
 # lower or delete its line here; a new module over the limit fails at once.
 STILL_TOO_LONG = {
     "drivers/opcua.py": 1071,
-    "drivers/modbus/driver.py": 631,
     "agent/forwarder.py": 588,
     "agent/runtime.py": 510,
     "agent/capture.py": 507,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from linetap.config.devices.modbus import ModbusDeviceConfig, ModbusTag
 from linetap.drivers.modbus import ModbusDriver, plan_reads
+from linetap.drivers.modbus.decode import decode_block
 from linetap.simulators import KNOWN_VALUES, encode_registers
 
 
@@ -128,7 +129,7 @@ def decode(config: ModbusDeviceConfig, registers: list[int]):
     driver = ModbusDriver(config)
     assert len(driver._plans) == 1
     plan = driver._plans[0]
-    return dict(zip(plan.names, driver._decode(plan, _Response(registers))[0], strict=True))
+    return dict(zip(plan.names, decode_block(plan, _Response(registers))[0], strict=True))
 
 
 def test_every_known_value_decodes_from_its_registers_offline() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
-from .driver import ModbusDriver, ReadBlock, plan_reads, split_block
+from .driver import ModbusDriver
+from .plan import ReadBlock, plan_reads, split_block
 
 __all__ = ["ModbusDriver", "ReadBlock", "plan_reads", "split_block"]
