@@ -463,7 +463,7 @@ class MQTTForwarder:
                     continue
                 start, end = self._spans.popleft()
                 chunk = self._chunk
-                device = chunk.device[start]
+                device = chunk.device_at(start)
                 payload = encode_telemetry(self.agent, chunk, start, end, self.topics.station_of(device), now_us())
                 self._take(_Out("telemetry", chunk.seq[start], chunk.seq[end - 1], self.topics.telemetry(device),
                                 payload, samples=end - start))

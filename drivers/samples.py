@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,8 @@ class VType(IntEnum):
     """
 
     FLOAT64 = 0  # `num`; also every row of a version-2 buffer (they were written as floats)
-    FLOAT32 = 1  # `num` holds the float32 widened exactly; written as the float32's shortest decimal
+    FLOAT32 = 1  # `num` holds the float32 widened exactly (a buffer written before 2026-12 holds its
+    #              shortest decimal: the same float32); written as the float32's shortest decimal
     INT = 2  # `num` holds an integer with |v| <= 2**53 (exact in a double)
     BOOL = 3  # `num` holds 0 or 1; written as false / true
     TEXT = 4  # `text`: strings, byte strings as hex, integers beyond 2**53 as decimal strings
@@ -93,19 +95,122 @@ TELEMETRY_SCHEMA = pa.schema(
 )
 
 
+class TagNames(tuple):
+    """A driver's tag names, made once at start-up and shared by every batch it produces; it carries
+    its own Arrow column, so a batch's `to_arrow` converts no name (and capture can tell a batch of
+    the same tags by identity)."""
+
+    @cached_property
+    def arrow(self) -> pa.Array:
+        return pa.array(self, pa.string())
+
+
+class ValueColumns(Sequence):
+    """The values of a batch as typed columns, the form a decoder produces without a Python object per
+    value: `num` (float64, exact: a float32 widened, an integer with |v| <= 2**53, a boolean as 0/1),
+    `vtype` (VType per value), `missing` (True where there is no value; None: every value is there) and
+    `text` (position -> value for TEXT values: a string, or an integer beyond 2**53, which is stored as
+    its decimal text; None: no such value). Indexing gives the value as the device
+    holds it (a float32 as its shortest decimal), for the few consumers that look at single values."""
+
+    __slots__ = ("num", "vtype", "missing", "text")
+
+    def __init__(self, num: np.ndarray, vtype: np.ndarray, missing: np.ndarray | None = None,
+                 text: dict[int, str | int] | None = None) -> None:
+        self.num = num
+        self.vtype = vtype
+        self.missing = missing
+        self.text = text
+
+    def __len__(self) -> int:
+        return len(self.num)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.tolist()[i]
+        if self.missing is not None and self.missing[i]:
+            return None
+        vt = self.vtype[i]
+        if vt == VType.TEXT:
+            return self.text[i if i >= 0 else len(self) + i]
+        v = self.num[i]
+        if vt == VType.FLOAT32:
+            return float(str(np.float32(v)))  # numpy prints the shortest decimal of the float32
+        if vt == VType.INT:
+            return int(v)
+        if vt == VType.BOOL:
+            return bool(v)
+        return float(v)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ValueColumns({self.tolist()!r})"
+
+    def tolist(self) -> list[Any]:
+        """Every value as a Python object (column at a time; no Python loop per value)."""
+        vtype = self.vtype
+        num = self.num
+        out = np.empty(len(num), dtype=object)
+        out[:] = num.tolist()
+        present = np.ones(len(num), dtype=bool) if self.missing is None else ~self.missing
+        m = present & (vtype == VType.FLOAT32)
+        if m.any():
+            out[m] = np.array([*shortest_float32(num[m]), None], dtype=object)[:-1]
+        m = present & (vtype == VType.INT)
+        if m.any():
+            out[m] = num[m].astype(np.int64)
+        m = present & (vtype == VType.BOOL)
+        if m.any():
+            out[m] = num[m] != 0
+        if self.text:
+            out[list(self.text)] = np.array(list(self.text.values()) + [None], dtype=object)[:-1]
+        if self.missing is not None:
+            out[self.missing] = None
+        return out.tolist()
+
+    def to_arrow(self) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """The buffer's `num`, `text` and `vtype` columns."""
+        n = len(self.num)
+        no_num = self.missing
+        if self.text:
+            no_num = np.zeros(n, dtype=bool) if no_num is None else no_num.copy()
+            no_num[list(self.text)] = True
+            text_values: list[str | None] = [None] * n
+            for i, t in self.text.items():  # per text value (PLC strings: a few per device)
+                text_values[i] = t if type(t) is str else str(t)
+            text = pa.array(text_values, pa.string())
+        else:
+            text = pa.nulls(n, pa.string())
+        num = pa.array(self.num, pa.float64(), mask=no_num)
+        vtype = self.vtype
+        if self.missing is not None and self.missing.any():
+            vtype = vtype.copy()
+            vtype[self.missing] = VType.FLOAT64  # no value: stored like the Python path stores None
+        return num, text, pa.array(vtype, pa.uint8())
+
+
 @dataclass(frozen=True, slots=True)
 class SampleBatch:
     """Samples of one device from one read (poll cycle or notification batch), one list per field.
 
-    `value[i]` is a float, int, bool, str or None (None only with a non-good quality).
+    `value[i]` is a float, int, bool, str or None (None only with a non-good quality); a decoder that
+    produces typed columns gives `value` as `ValueColumns` (the telemetry path then makes no Python
+    object per value) and `tag` as its `TagNames`.
     `source_ts` is None when the device gives no timestamps, else one entry per sample.
     `float32` marks the samples whose device type is a 32-bit float (None: none is); they are
     written as the float32's shortest decimal. Every other type follows from the Python value.
     """
 
     device: str
-    tag: list[str]
-    value: list[Any]
+    tag: Sequence[str]
+    value: Sequence[Any]
     quality: list[int]
     reason: list[str | None]
     agent_ts: int
@@ -131,6 +236,17 @@ class SampleBatch:
     def to_arrow(self) -> pa.Table:
         """The batch as an Arrow table in TELEMETRY_SCHEMA (the buffer's append format)."""
         n = len(self.tag)
+        tag = self.tag.arrow if isinstance(self.tag, TagNames) else pa.array(self.tag, pa.string())
+        agent_ts = pa.array(np.full(n, self.agent_ts, dtype=np.int64))
+        source_ts = pa.nulls(n, pa.int64()) if self.source_ts is None else pa.array(self.source_ts, pa.int64())
+        reason = (pa.nulls(n, pa.string()) if self.reason.count(None) == n
+                  else pa.array(self.reason, pa.string()))
+        if isinstance(self.value, ValueColumns):
+            num_arr, text_arr, vtype_arr = self.value.to_arrow()
+            return pa.Table.from_arrays(
+                [pa.repeat(pa.scalar(self.device, pa.string()), n), tag, num_arr, text_arr,
+                 pa.array(self.quality, pa.uint8()), reason, source_ts, agent_ts, vtype_arr],
+                schema=TELEMETRY_SCHEMA)
         num: list[float | None] = []
         text: list[str | None] = []
         vtype: list[int] = []
@@ -171,13 +287,13 @@ class SampleBatch:
         return pa.Table.from_arrays(
             [
                 pa.repeat(pa.scalar(self.device, pa.string()), n),
-                pa.array(self.tag, pa.string()),
+                tag,
                 pa.array(num, pa.float64()),
                 pa.array(text, pa.string()),
                 pa.array(self.quality, pa.uint8()),
-                pa.array(self.reason, pa.string()),
-                pa.array(self.source_ts if self.source_ts is not None else [None] * n, pa.int64()),
-                pa.array([self.agent_ts] * n, pa.int64()),
+                reason,
+                source_ts,
+                agent_ts,
                 pa.array(vtype_arr, pa.uint8()),
             ],
             schema=TELEMETRY_SCHEMA,

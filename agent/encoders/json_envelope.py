@@ -62,20 +62,22 @@ _QUALITY_LOOKUP = np.array(QUALITY_NAMES + ("bad",) * (256 - len(QUALITY_NAMES))
 
 @dataclass(frozen=True, slots=True)
 class TelemetryChunk:
-    """Rows read from the buffer (`seq` + TELEMETRY_SCHEMA), as Python lists, ready to slice.
-
-    Converting a whole chunk column by column once (Arrow `to_pylist`) is what keeps the
-    encoder free of per-sample Python objects other than the values themselves.
+    """Rows read from the buffer (`seq` + TELEMETRY_SCHEMA), column by column, ready to slice into
+    messages. Numbers stay numpy arrays (orjson writes them in one C call each: a float32 array as
+    the float32's shortest decimal); only text columns are Python lists, converted once per chunk.
     """
 
     seq: list[int]
-    device: list[str]
+    device_codes: np.ndarray  # per row: index into `devices`
+    devices: list[str]
     tag: list[str]
-    value: list[Any]
+    num: np.ndarray  # float64, NaN where null
+    uniform32: np.ndarray  # cumulative count of rows that are NOT plain finite float32 (see `values`)
+    mixed: list[Any] | None  # every value as its JSON value, when some row is not a plain float32
     quality: list[str]
-    reason: list[str | None]
-    source_ts: list[int | None]
-    agent_ts: list[int]
+    reason: list[str | None] | None  # None: every reason is null
+    source_ts: np.ndarray | list[int | None] | None  # None: every source_ts is null
+    agent_ts: np.ndarray
     spans: list[tuple[int, int]]  # [start, end) row ranges, one per message
 
     def __len__(self) -> int:
@@ -84,6 +86,16 @@ class TelemetryChunk:
     @property
     def last_seq(self) -> int:
         return self.seq[-1]
+
+    def device_at(self, row: int) -> str:
+        return self.devices[self.device_codes[row]]
+
+    def values(self, start: int, end: int) -> np.ndarray | list[Any]:
+        """The `value` column of rows [start, end): a float32 array when every value there is a finite
+        float32 (the bulk of telemetry), else the JSON values."""
+        if self.uniform32[end] - self.uniform32[start] == 0:
+            return self.num[start:end].astype(np.float32)
+        return self.mixed[start:end]
 
 
 def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int,
@@ -111,30 +123,43 @@ def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int,
 
 def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     """Prepare rows from `AsyncBuffer.read_telemetry` for encoding into messages."""
+    n = table.num_rows
     seq_np = table.column("seq").to_numpy()
-    device = table.column("device").combine_chunks()
-    codes = device.dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    value = json_values(table.column("num"), table.column("text"), table.column("vtype").to_numpy(zero_copy_only=False))
-    quality = table.column("quality").to_numpy(zero_copy_only=False)
-    agent_ts = table.column("agent_ts")
+    device = table.column("device").combine_chunks().dictionary_encode()
+    codes = device.indices.to_numpy(zero_copy_only=False)
+    num_col, text_col = table.column("num"), table.column("text")
+    vtype = table.column("vtype").to_numpy(zero_copy_only=False)
+    num = num_col.to_numpy()  # nulls as NaN
+    plain32 = (vtype == VType.FLOAT32) & np.isfinite(num)  # NaN covers the nulls too
+    not_plain = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(~plain32, out=not_plain[1:])
+    mixed = None if not_plain[-1] == 0 else json_values(num_col, text_col, vtype)
+    reason = table.column("reason")
+    source_ts = table.column("source_ts")
+    agent_ts = table.column("agent_ts").to_numpy()
     return TelemetryChunk(
         seq=seq_np.tolist(),
-        device=device.to_pylist(),
+        device_codes=codes,
+        devices=device.dictionary.to_pylist(),
         tag=table.column("tag").to_pylist(),
-        value=value,
-        quality=_QUALITY_LOOKUP[quality].tolist(),
-        reason=table.column("reason").to_pylist(),
-        source_ts=table.column("source_ts").to_pylist(),
-        agent_ts=agent_ts.to_pylist(),
-        spans=message_spans(seq_np, codes, batch, agent_ts.to_numpy()),
+        num=num,
+        uniform32=not_plain,
+        mixed=mixed,
+        quality=_QUALITY_LOOKUP[table.column("quality").to_numpy(zero_copy_only=False)].tolist(),
+        reason=None if reason.null_count == n else reason.to_pylist(),
+        source_ts=(None if source_ts.null_count == n else
+                   source_ts.to_numpy() if source_ts.null_count == 0 else source_ts.to_pylist()),
+        agent_ts=agent_ts,
+        spans=message_spans(seq_np, codes, batch, agent_ts),
     )
 
 
 def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray) -> list[Any]:
     """The `value` column of telemetry messages (see `VType`): integers as JSON integers, booleans
-    as true/false, floats as stored (a float32 is stored as its shortest decimal already), the
-    non-finite floats as "NaN" / "Infinity" / "-Infinity", text where there is text, null where
-    there is no value. Column at a time (numpy masks): no Python loop per sample."""
+    as true/false, a float32 as the float32's shortest decimal (a numpy float32: orjson writes it),
+    other floats as stored, the non-finite floats as "NaN" / "Infinity" / "-Infinity", text where
+    there is text, null where there is no value. Column at a time (numpy masks): no Python loop per
+    sample."""
     values = num.to_pylist()
     n = len(values)
     if n == 0:
@@ -142,11 +167,15 @@ def json_values(num: pa.ChunkedArray, text: pa.ChunkedArray, vtype: np.ndarray) 
     num_np = num.to_numpy()  # nulls as NaN
     has_num = ~num.is_null().to_numpy(zero_copy_only=False)
     nonfinite = has_num & ~np.isfinite(num_np)
-    special = bool((vtype >= VType.INT).any())
+    special = bool((vtype >= VType.FLOAT32).any())
     if not special and not nonfinite.any() and text.null_count == n:
-        return values  # floats and nulls only (the bulk of telemetry)
+        return values  # float64s and nulls only
     out = np.empty(n, dtype=object)
     out[:] = values
+    m = has_num & (vtype == VType.FLOAT32)
+    if m.any():
+        # numpy float32 scalars (the list keeps them as they are): orjson writes their shortest form
+        out[m] = np.array([*num_np[m].astype(np.float32), None], dtype=object)[:-1]
     m = has_num & (vtype == VType.INT)
     if m.any():
         out[m] = num_np[m].astype(np.int64)  # Python ints
@@ -170,6 +199,7 @@ def encode_telemetry(agent: str, chunk: TelemetryChunk, start: int, end: int, st
                      sent_at: int) -> bytes:
     """One telemetry message: rows [start, end) of the chunk (one device, contiguous seqs)."""
     first, last = chunk.seq[start], chunk.seq[end - 1]
+    count = end - start
     return orjson.dumps({
         "schema": TELEMETRY_SCHEMA_ID,
         "id": telemetry_id(agent, first, last),
@@ -177,19 +207,19 @@ def encode_telemetry(agent: str, chunk: TelemetryChunk, start: int, end: int, st
         "stream": "telemetry",
         "seq": first,
         "seq_last": last,
-        "count": end - start,
+        "count": count,
         "sent_at": sent_at,
-        "device": chunk.device[start],
+        "device": chunk.device_at(start),
         "station": station,
         "samples": {
             "tag": chunk.tag[start:end],
-            "value": chunk.value[start:end],
+            "value": chunk.values(start, end),
             "quality": chunk.quality[start:end],
-            "reason": chunk.reason[start:end],
-            "source_ts": chunk.source_ts[start:end],
+            "reason": [None] * count if chunk.reason is None else chunk.reason[start:end],
+            "source_ts": [None] * count if chunk.source_ts is None else chunk.source_ts[start:end],
             "agent_ts": chunk.agent_ts[start:end],
         },
-    })
+    }, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def iter_telemetry_messages(agent: str, table: pa.Table, batch: int, topics: Topics,
@@ -197,7 +227,7 @@ def iter_telemetry_messages(agent: str, table: pa.Table, batch: int, topics: Top
     """(topic, first seq, last seq, payload) for every message of a table of rows."""
     chunk = telemetry_chunk(table, batch)
     for start, end in chunk.spans:
-        device = chunk.device[start]
+        device = chunk.device_at(start)
         yield (topics.telemetry(device), chunk.seq[start], chunk.seq[end - 1],
                encode_telemetry(agent, chunk, start, end, topics.station_of(device), sent_at))
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
 
+import numpy as np
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from linetap.config.devices.modbus import ModbusDeviceConfig
-from linetap.drivers.samples import Quality, SampleBatch, now_us
+from linetap.drivers.samples import Quality, SampleBatch, TagNames, ValueColumns, now_us
 
 from ..base import DeviceUnreachable, PollingDriver, describe_os_error
 from .decode import BlockFailure, DecodePlan, build_decode_plan, decode_block
@@ -70,12 +70,9 @@ class ModbusDriver(PollingDriver):
         for block in self.blocks:
             self._plans.append(build_decode_plan(block, len(names), config.addressing))
             names.extend(t.name for t in block.tags)
-        self._names = names
+        self._names = TagNames(names)
         self._good = [Quality.GOOD] * len(names)
-        # samples written as float32s (`SampleBatch.float32`): the device's own float32 values;
-        # a scaled one is arithmetic done here, a float64
-        float32 = [t.type == "float32" and t.scale == 1.0 and t.offset == 0.0 for b in self.blocks for t in b.tags]
-        self._float32 = float32 if any(float32) else None
+        self._vtype = np.concatenate([p.vtype for p in self._plans]) if self._plans else np.zeros(0, np.uint8)
         self._client: AsyncModbusTcpClient | None = None
         self._connect_error: BaseException | None = None
         self._lost_cause: str | None = None  # what ended the connection, as pymodbus saw it
@@ -170,9 +167,20 @@ class ModbusDriver(PollingDriver):
             raise self._lost(self._lost_cause or "not connected")
         agent_ts = now_us()
         n = len(self._names)
-        values: list[Any] = [None] * n
+        num = np.full(n, np.nan)
+        vtype = self._vtype.copy()
+        missing: np.ndarray | None = None
+        text: dict[int, str | int] = {}
         quality = self._good.copy()
         reason: list[str | None] = [None] * n
+
+        def bad(first: int, last: int, why: str) -> None:
+            nonlocal missing
+            if missing is None:
+                missing = np.zeros(n, dtype=bool)
+            missing[first:last] = True
+            quality[first:last] = [Quality.BAD] * (last - first)
+            reason[first:last] = [why] * (last - first)
         answered = 0
         timeouts_in_row = 0
         skip_reason: str | None = None
@@ -183,8 +191,7 @@ class ModbusDriver(PollingDriver):
             block = plan.block
             first, last = plan.first, plan.first + len(block.tags)
             if skip_reason is not None:
-                quality[first:last] = [Quality.BAD] * (last - first)
-                reason[first:last] = [skip_reason] * (last - first)
+                bad(first, last, skip_reason)
                 continue
             try:
                 raw = await self._request(client, block)
@@ -199,8 +206,7 @@ class ModbusDriver(PollingDriver):
                     timeouts_in_row = 0
                     if self.rejects.rejected(block.describe(), failure.reason):
                         raise self._lost(self.rejects.reset_reason(failure.reason)) from None
-                    quality[first:last] = [Quality.BAD] * (last - first)
-                    reason[first:last] = [failure.reason] * (last - first)
+                    bad(first, last, failure.reason)
                     continue
                 if failure.kind == "timeout":
                     timeouts_in_row += 1
@@ -214,8 +220,7 @@ class ModbusDriver(PollingDriver):
                     timeouts_in_row = 0
                     self.rejects.answered()
                 self._report(block, failure.kind, failure.reason)
-                quality[first:last] = [Quality.BAD] * (last - first)
-                reason[first:last] = [failure.reason] * (last - first)
+                bad(first, last, failure.reason)
                 continue
             answered += 1
             timeouts_in_row = 0
@@ -224,7 +229,10 @@ class ModbusDriver(PollingDriver):
                 log.info("modbus block recovered", device=self.name, block=block.describe(),
                          after=self._failures.pop(key))
             block_values, uncertain = decoded
-            values[first:last] = block_values
+            num[first:last] = block_values.num
+            if block_values.text:
+                vtype[first:last] = block_values.vtype
+                text.update((first + i, t) for i, t in block_values.text.items())
             for i, why in uncertain:
                 quality[first + i] = Quality.UNCERTAIN
                 reason[first + i] = why
@@ -236,8 +244,8 @@ class ModbusDriver(PollingDriver):
                                  f"(timeout {self.config.timeout:g}s)")
         else:
             self._silent_polls = 0
-        return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
-                           reason=reason, agent_ts=agent_ts, float32=self._float32)
+        return SampleBatch(device=self.name, tag=self._names, value=ValueColumns(num, vtype, missing, text or None),
+                           quality=quality, reason=reason, agent_ts=agent_ts)
 
     def _split(self, bi: int) -> bool:
         """Replace plan `bi` by smaller requests (for the rest of this connection's life and after)."""
