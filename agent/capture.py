@@ -31,7 +31,7 @@ from linetap.agent import unit_resume as resume
 from linetap.buffers.records import Event
 from linetap.config.capture import Parameter, StationCapture, Trigger
 from linetap.config.models import LineConfig
-from linetap.drivers.samples import Quality, SampleBatch, json_number
+from linetap.drivers.samples import Quality, SampleBatch, TagNames, json_number
 
 log = structlog.get_logger("linetap.capture")
 
@@ -91,14 +91,25 @@ class StationAssembler:
         self._first = True  # no good value of the start tag seen yet since the agent started (or the device came back)
         self._after_loss = False  # _first was re-armed by a lost device, not by the agent's start
         self._closed_serial: str | None = None  # a left-open unit closed at the restart: not opened again
+        self._index_of: tuple[Any, dict[str, int]] = (None, {})  # (batch.tag, this station's tag -> position)
 
     # -- feeding --------------------------------------------------------------------------
+
+    def _positions(self, names: Any) -> dict[str, int]:
+        """Where this station's tags are in a batch. A driver gives every batch the same `TagNames`:
+        the positions are found once, not per poll (a device may have a thousand bulk tags)."""
+        seen, idx = self._index_of
+        if names is not seen:
+            idx = {t: i for i, t in enumerate(names) if t in self.tags}
+            if isinstance(names, TagNames):
+                self._index_of = (names, idx)
+        return idx
 
     def feed(self, batch: SampleBatch) -> tuple[list[dict[str, Any]], list[Event]]:
         """Samples of the station's device in; finished unit records and events out."""
         units: list[dict[str, Any]] = []
         events: list[Event] = []
-        idx = {t: i for i, t in enumerate(batch.tag) if t in self.tags}
+        idx = self._positions(batch.tag)
         if not idx:
             return units, events
         src = batch.source_ts
