@@ -46,7 +46,6 @@ STILL_TOO_LONG = {
     "drivers/opcua.py": 1071,
     "agent/forwarder.py": 588,
     "agent/runtime.py": 510,
-    "agent/capture.py": 507,
     "benchmarks/run.py": 717,
     "simulators/opcua_server.py": 608,
     "simulators/modbus_server.py": 536,

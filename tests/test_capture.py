@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from linetap.agent.capture import CaptureEngine, StationAssembler
+from linetap.agent.capture import CaptureEngine
+from linetap.agent.station_capture import StationAssembler
 from linetap.config.capture import StationCapture
 from linetap.config.models import LineConfig
 from linetap.drivers.samples import Quality, SampleBatch

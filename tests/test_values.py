@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from linetap.agent.capture import StationAssembler
 from linetap.agent.encoders import json_envelope as P
+from linetap.agent.station_capture import StationAssembler
 from linetap.agent.topics import Topics
 from linetap.buffers import DuckDBBuffer
 from linetap.config.capture import StationCapture
