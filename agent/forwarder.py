@@ -36,13 +36,8 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from linetap.agent.backoff import Backoff
-from linetap.agent.encoders.json_envelope import (
-    encode_record,
-    encode_status,
-    encode_telemetry,
-    telemetry_chunk,
-)
-from linetap.agent.topics import STREAMS, Topics
+from linetap.agent.encoders import Encoder, encoder_for
+from linetap.agent.topics import STREAMS
 from linetap.buffers import BufferWriteFailed
 from linetap.buffers.records import StoredRecord
 from linetap.config.secrets import FileProblem
@@ -112,13 +107,13 @@ class _SocketErrors:
 class MQTTForwarder:
     """Forwards the buffer to the plant broker. `await run()` until cancelled; call `notify()` after appends."""
 
-    def __init__(self, config: Any, buffer: Any, sink: str = "mqtt") -> None:
+    def __init__(self, config: Any, buffer: Any, sink: str = "mqtt", encoder: Encoder | None = None) -> None:
         self.config = config
         self.mqtt = config.mqtt
         self.buffer = buffer
         self.sink = sink
         self.agent = config.agent.id
-        self.topics = Topics.from_config(config)
+        self.encoder = encoder or encoder_for(config)  # payloads and topics: `mqtt.payload`
         self.window = self.mqtt.max_inflight
         # Window slots telemetry may not take, so a non-conformance never waits behind a full window.
         self.reserve = min(4, self.window // 4)
@@ -179,7 +174,7 @@ class MQTTForwarder:
                 for r in records.get(stream, ()):
                     if r.seq != self._read_pos[stream] + 1 or self._unacked >= self.window:
                         break
-                    self._take(_Out(stream, r.seq, r.seq, self.topics.record(r), encode_record(self.agent, r, sent_at)))
+                    self._take(_Out(stream, r.seq, r.seq, *self.encoder.record(r, sent_at)))
             self._send_queued()
         except _ConnectionLost:
             pass  # the pump sees the loss; what was taken is re-sent after the reconnect
@@ -266,7 +261,7 @@ class MQTTForwarder:
             client.tls_set_context(client_context(m.tls))
             if m.tls.insecure:
                 client.tls_insecure_set(True)
-        client.will_set(self.topics.status, encode_status(self.agent, "offline", now_us()), qos=1, retain=True)
+        client.will_set(*self.encoder.status("offline", now_us()), qos=1, retain=True)
         socket_errors = _SocketErrors()
         client.logger = socket_errors
 
@@ -307,7 +302,7 @@ class MQTTForwarder:
         # online, retained; then the messages the previous connection left unacknowledged, in
         # stream priority and seq order, then new ones
         self._status_mid = None
-        info = client.publish(self.topics.status, encode_status(self.agent, "online", now_us()), qos=1, retain=True)
+        info = client.publish(*self.encoder.status("online", now_us()), qos=1, retain=True)
         self._check_rc(info.rc, "status")
         self._to_send = deque(o for s in STREAMS for o in self._pending[s] if not o.acked)
 
@@ -444,8 +439,7 @@ class MQTTForwarder:
                     for r in records:
                         if r.seq <= self._read_pos[stream]:
                             continue  # offer() took it while the read ran
-                        self._take(_Out(stream, r.seq, r.seq, self.topics.record(r),
-                                        encode_record(self.agent, r, sent_at)))
+                        self._take(_Out(stream, r.seq, r.seq, *self.encoder.record(r, sent_at)))
                     break
             else:
                 if self._unacked >= self.window - self.reserve:
@@ -457,16 +451,15 @@ class MQTTForwarder:
                     table = await buf.read_telemetry(self._read_pos["telemetry"], self.chunk_rows, self.batch)
                     if table.num_rows == 0:
                         return
-                    self._chunk = telemetry_chunk(table, self.batch)
+                    self._chunk = self.encoder.telemetry_rows(table)
                     self._spans = deque(self._chunk.spans)
                     # events first: they may have arrived during the read
                     continue
                 start, end = self._spans.popleft()
                 chunk = self._chunk
-                device = chunk.device_at(start)
-                payload = encode_telemetry(self.agent, chunk, start, end, self.topics.station_of(device), now_us())
-                self._take(_Out("telemetry", chunk.seq[start], chunk.seq[end - 1], self.topics.telemetry(device),
-                                payload, samples=end - start))
+                topic, payload = self.encoder.telemetry(chunk, start, end, now_us())
+                self._take(_Out("telemetry", chunk.seq[start], chunk.seq[end - 1], topic, payload,
+                                samples=end - start))
                 if not self._spans:
                     self._chunk = None
             self._send_queued()
@@ -529,8 +522,7 @@ class MQTTForwarder:
                 self._status_acked = asyncio.Event()
                 with contextlib.suppress(_ConnectionLost):
                     self._send_queued()
-                    info = client.publish(self.topics.status, encode_status(self.agent, "offline", now_us()),
-                                          qos=1, retain=True)
+                    info = client.publish(*self.encoder.status("offline", now_us()), qos=1, retain=True)
                     self._status_mid = info.mid
                     self._check_rc(info.rc, "status")
                     deadline = time.monotonic() + SHUTDOWN_DRAIN

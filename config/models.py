@@ -74,6 +74,8 @@ class MQTTConfig(Strict):
     keepalive: Duration = 30.0
     max_inflight: int = Field(32, ge=1, le=1000, description="unacknowledged messages at once")
     telemetry_batch: int = Field(500, ge=1, le=100_000, description="samples per telemetry message at most")
+    payload: Literal["json"] = Field("json", description="payload encoder (linetap.agent.encoders.ENCODERS): "
+                                     "json = the versioned JSON envelopes")
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 30.0
 

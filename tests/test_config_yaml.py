@@ -136,3 +136,13 @@ def test_duplicate_station_points_at_the_second(tmp_path: Path) -> None:
     (issue,) = err.value.issues
     assert (issue.line, issue.field) == (14, "stations[1].name")
     assert issue.message == "duplicate station name 'sealer1' (first at line 13)"
+
+
+def test_an_unknown_payload_format_points_at_its_line() -> None:
+    text = HEAD + "mqtt:\n  host: broker.plant.local\n  payload: sparkplug_b\n" + DEVICE
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, file="line-7.yaml", check_files=False)
+    (issue,) = err.value.issues
+    assert (issue.line, issue.field) == (4, "mqtt.payload")
+    assert "'json'" in issue.message and "sparkplug_b" in str(err.value)
+    assert "line-7.yaml:4" in str(err.value)

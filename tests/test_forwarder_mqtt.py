@@ -615,3 +615,93 @@ async def test_reads_failing_on_a_full_disk_are_retried_not_fatal(broker, captur
     assert [e["log_level"] for e in failed] == ["warning", "debug", "debug"]
     assert failed[0]["cause"] == "disk_full"
     assert [e["event"] for e in logs if e["event"] == "buffer readable again"] == ["buffer readable again"]
+
+
+# A second payload format, as a plugin adds one (agent/encoders): its own topics and bytes. The
+# child process below runs the forwarder with it, so the will is tested too (SIGKILL).
+_OTHER_ENCODER = textwrap.dedent("""
+    import orjson
+
+    class OtherEncoder:
+        name = "other"
+
+        def __init__(self, agent, topics, batch):
+            from linetap.agent.encoders.json_envelope import JsonEnvelope
+            self.rows_of = JsonEnvelope(agent, topics, batch)  # only its row preparation (spans)
+            self.agent, self.batch = agent, batch
+
+        def telemetry_rows(self, table):
+            return self.rows_of.telemetry_rows(table)
+
+        def telemetry(self, rows, start, end, sent_at):
+            return (f"other/{self.agent}/telemetry",
+                    orjson.dumps({"first": rows.seq[start], "last": rows.seq[end - 1], "n": end - start}))
+
+        def record(self, record, sent_at):
+            return f"other/{self.agent}/{record.stream}", orjson.dumps({"seq": record.seq, "id": record.id})
+
+        def status(self, state, ts):
+            return f"other/{self.agent}/state", state.encode()
+""")
+_CHILD_OTHER = _OTHER_ENCODER + textwrap.dedent("""
+    import asyncio, sys
+    from linetap.agent.encoders import Encoder
+    from linetap.agent.forwarder import MQTTForwarder
+    from linetap.agent.topics import Topics
+    from linetap.buffers import AsyncBuffer
+    from linetap.config.models import LineConfig
+
+    async def main(config_json, path):
+        cfg = LineConfig.model_validate_json(config_json)
+        buf = await AsyncBuffer.open(path, cfg.agent.id)
+        encoder: Encoder = OtherEncoder(cfg.agent.id, Topics.from_config(cfg), cfg.mqtt.telemetry_batch)
+        await MQTTForwarder(cfg, buf, encoder=encoder).run()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+""")
+
+
+@pytest.mark.timeout(90)
+async def test_the_forwarder_sends_what_its_encoder_makes_status_and_will_included(broker, tmp_path):
+    path = tmp_path / "line 1 buffer.duckdb"
+    b = await AsyncBuffer.open(path, AGENT)
+    await b.append(telemetry=big_table("press1", 300), events=[event(1), event(2)], units=[unit(1), unit(2)])
+    await b.close()
+    cfg = line_config(broker, keepalive=5, telemetry_batch=100)
+    with MQTTCapture(broker.host, broker.port, topics=("other/#", f"{ROOT}/#")) as cap:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD_OTHER, cfg.model_dump_json(), str(path)])
+        try:
+            def done(ms):
+                tele = [orjson.loads(m.payload) for m in ms if m.topic == f"other/{AGENT}/telemetry"]
+                return sum(t["n"] for t in tele) >= 300 and b"online" in [m.payload for m in ms]
+            cap.wait_for(done, timeout=30)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(5)
+            msgs = cap.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=15)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert {m.topic for m in msgs} == {f"other/{AGENT}/{s}" for s in ("telemetry", "events", "units", "state")}, \
+        "only the encoder's topics: nothing in the JSON envelope's"
+    tele = [orjson.loads(m.payload) for m in msgs if m.topic.endswith("/telemetry")]
+    assert [(t["first"], t["last"]) for t in tele] == [(k + 1, k + 50) for k in range(0, 300, 50)]  # a poll each
+    assert [orjson.loads(m.payload)["id"] for m in msgs if m.topic.endswith("/events")] == \
+        [f"{AGENT}/events/1", f"{AGENT}/events/2"]
+    assert [m.payload for m in msgs if m.topic.endswith("/state")] == [b"online", b"offline"]  # offline: the will
+
+
+def test_every_payload_encoder_in_the_registry_is_a_config_choice_and_loads():
+    import importlib
+    import types
+    import typing
+
+    from linetap.agent.encoders import ENCODERS, encoder_for
+    from linetap.config.models import MQTTConfig
+
+    assert set(typing.get_args(MQTTConfig.model_fields["payload"].annotation)) == set(ENCODERS)
+    for name, target in ENCODERS.items():
+        module, _, cls = target.partition(":")
+        assert getattr(importlib.import_module(module), cls).name == name
+        cfg = line_config(types.SimpleNamespace(host="127.0.0.1", port=1883), payload=name)
+        assert cfg.mqtt.payload == name and encoder_for(cfg).name == name

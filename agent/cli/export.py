@@ -13,8 +13,7 @@ from pathlib import Path
 import orjson
 import typer
 
-from linetap.agent.encoders.json_envelope import encode_record, iter_telemetry_messages
-from linetap.agent.topics import Topics
+from linetap.agent.encoders import encoder_for, telemetry_messages
 from linetap.buffers import DuckDBBuffer
 from linetap.buffers.records import StoredRecord
 from linetap.config.models import LineConfig
@@ -51,9 +50,8 @@ def iter_messages(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, p
 
     Chunks are seq ranges that end on a multiple of the telemetry batch (or at the last row),
     as the forwarder's reads do, so a telemetry message is never cut at a chunk edge: the same
-    ids and content as the forwarder's messages (`payload.message_spans`)."""
-    agent = cfg.agent.id
-    topics = Topics.from_config(cfg)
+    ids and content as the forwarder's messages (`json_envelope.message_spans`)."""
+    encoder = encoder_for(cfg)
     batch = cfg.mqtt.telemetry_batch if stream == "telemetry" else 1
     size = max(chunk, batch)
     # the selection without its ORDER BY: sorting the whole range inside each subquery would not fit
@@ -72,13 +70,13 @@ def iter_messages(buf: DuckDBBuffer, cfg: LineConfig, stream: str, query: str, p
         after = end
         if stream == "telemetry":
             messages = [(topic, payload) for topic, _first, _last, payload in
-                        iter_telemetry_messages(agent, table, batch, topics, sent_at=sent_at)]
+                        telemetry_messages(encoder, table, sent_at)]
         else:
             messages = []
             for row in table.to_pylist():
                 rec = StoredRecord(stream, row["seq"], row["id"], row["recorded_at"], orjson.loads(row["body"]),
                                    row["prev_hash"], row["hash"])
-                messages.append((topics.record(rec), encode_record(agent, rec, sent_at=sent_at)))
+                messages.append(encoder.record(rec, sent_at))
         yield messages, table.num_rows
 
 

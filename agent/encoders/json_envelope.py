@@ -259,3 +259,28 @@ def encode_status(agent: str, state: str, ts: int) -> bytes:
 
 def decode(payload: bytes) -> dict[str, Any]:
     return orjson.loads(payload)
+
+
+class JsonEnvelope:
+    """`mqtt.payload: json`: the versioned JSON envelopes above, on `linetap.agent.topics`' topics."""
+
+    name = "json"
+
+    def __init__(self, agent: str, topics: Topics, batch: int) -> None:
+        self.agent = agent
+        self.topics = topics
+        self.batch = batch
+
+    def telemetry_rows(self, table: pa.Table) -> TelemetryChunk:
+        return telemetry_chunk(table, self.batch)
+
+    def telemetry(self, rows: TelemetryChunk, start: int, end: int, sent_at: int) -> tuple[str, bytes]:
+        device = rows.device_at(start)
+        return (self.topics.telemetry(device),
+                encode_telemetry(self.agent, rows, start, end, self.topics.station_of(device), sent_at))
+
+    def record(self, record: StoredRecord, sent_at: int) -> tuple[str, bytes]:
+        return self.topics.record(record), encode_record(self.agent, record, sent_at)
+
+    def status(self, state: str, ts: int) -> tuple[str, bytes]:
+        return self.topics.status, encode_status(self.agent, state, ts)
