@@ -33,15 +33,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.encoders import Encoder, encoder_for
+from linetap.agent.mqtt_client import CONNECT_TIMEOUT, mqtt_client
 from linetap.agent.topics import STREAMS
 from linetap.buffers import BufferWriteFailed
 from linetap.buffers.records import StoredRecord
 from linetap.config.secrets import FileProblem
-from linetap.config.tls import client_context
 from linetap.drivers.base import describe_os_error
 from linetap.drivers.samples import now_us
 
@@ -51,7 +51,6 @@ RECORD_STREAMS = ("events", "units")
 CURSOR_FLUSH_INTERVAL = 0.1  # s: cursors are written at most this often while messages are in flight
 READ_RETRY = 1.0  # s: between reads of a buffer whose reads fail (a full disk)
 IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
-CONNECT_TIMEOUT = 10.0  # s: TCP + TLS + CONNACK
 SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs (and the `offline` status's)
 SHUTDOWN_DISCONNECT = 2.0  # s: on stop, how long to wait for the DISCONNECT to be written
 
@@ -242,25 +241,8 @@ class MQTTForwarder:
     # -- connection -----------------------------------------------------------------------
 
     def _new_client(self) -> mqtt.Client:
-        m = self.mqtt
-        v5 = m.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=None if v5 else True,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,  # reconnecting is ours: a new client each time
-        )
-        client.connect_timeout = CONNECT_TIMEOUT
-        client.max_inflight_messages_set(self.window)
-        client.max_queued_messages_set(0)  # unlimited: our window bounds it
-        if m.username is not None:
-            client.username_pw_set(m.username, m.password_value())
-        if m.tls is not None:
-            # our own context: an encrypted key is decrypted with the configured password, never a prompt
-            client.tls_set_context(client_context(m.tls))
-            if m.tls.insecure:
-                client.tls_insecure_set(True)
+        # reconnecting is ours: a new client each time
+        client = mqtt_client(self.mqtt, self.client_id, window=self.window)
         client.will_set(*self.encoder.status("offline", now_us()), qos=1, retain=True)
         socket_errors = _SocketErrors()
         client.logger = socket_errors

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TextIO
 
 import orjson
-import paho.mqtt.client as mqtt
 import typer
 
 from linetap.agent.cli.demo_view import Display, Frame, make_display
 from linetap.agent.logs import configure_logging
+from linetap.agent.mqtt_client import mqtt_client
 from linetap.agent.runtime import Agent
 from linetap.buffers.verify import Report, verify_lines
 from linetap.config.loader import load_config
@@ -268,7 +268,7 @@ async def start_subscriber(cfg: LineConfig, view: SubscriberView, stack: context
         else:
             client.subscribe(f"{cfg.topic_root}/#", qos=1)
 
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linetap-demo-mes-{port}")
+    sub = mqtt_client(cfg.mqtt, f"linetap-demo-mes-{port}", reconnect_on_failure=True)
     sub.on_message = view.on_message
     sub.on_connect = on_connect
     sub.on_subscribe = lambda *_: subscribed.set()

@@ -16,9 +16,9 @@ import structlog
 import typer
 
 from linetap.agent.cli.export import iter_messages
+from linetap.agent.mqtt_client import mqtt_client
 from linetap.buffers import DuckDBBuffer
 from linetap.config.models import LineConfig
-from linetap.config.tls import client_context
 from linetap.drivers.samples import now_us
 
 from .common import EXIT_RUNTIME, app, load_or_exit
@@ -26,23 +26,10 @@ from .common import EXIT_RUNTIME, app, load_or_exit
 log = structlog.get_logger("linetap.replay")
 
 
-def _client(cfg: LineConfig) -> mqtt.Client:
-    m = cfg.mqtt
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linetap-replay-{cfg.agent.id}",
-                         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
-    if m.username:
-        client.username_pw_set(m.username, m.password_value())
-    if m.tls is not None:
-        client.tls_set_context(client_context(m.tls))
-        client.tls_insecure_set(m.tls.insecure)
-    client.max_inflight_messages_set(m.max_inflight)
-    return client
-
-
 def replay(cfg: LineConfig, stream: str, from_seq: int, to_seq: int | None = None, timeout: float = 30.0) -> int:
     """Publish rows from_seq..to_seq of `stream`; returns the number of records sent."""
     buf = DuckDBBuffer(cfg.buffer.path, cfg.agent.id)
-    client = _client(cfg)
+    client = mqtt_client(cfg.mqtt, f"linetap-replay-{cfg.agent.id}", window=cfg.mqtt.max_inflight)
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=int(cfg.mqtt.keepalive))
         client.loop_start()
