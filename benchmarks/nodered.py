@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from .common import Mosquitto, ProcWatch, Subscriber, free_port, percentile
-from .run import ROOT, TOPIC_ROOT, Child, ModbusScenario, Result, run_modbus
+from .harness import ROOT, TOPIC_ROOT, Child, Result
+from .modbus_e2e import ModbusScenario, run_modbus
 
 NR_DIR = ROOT / "benchmarks" / "node-red"
 MODBUS_PKG = "node-red-contrib-modbus@5.23.3"

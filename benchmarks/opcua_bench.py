@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import Mosquitto, ProcWatch, Subscriber, percentile
-from .run import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status, start_agent
+from .harness import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status, start_agent
 
 QUEUE_SIZE = 4  # per monitored item, at the server: changes kept between two publishes
 # The simulators run at a lower CPU priority: on 2 cores, K busy simulator processes would otherwise
@@ -167,7 +167,7 @@ def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -
         if v.get("offered") and v.get("cpu_agent") is not None and v.get("read"):
             v["agent_us_per_sample"] = v["cpu_agent"] * 1e6 / v["read"]
         if profile:
-            from .run import summarize_profile
+            from .report import summarize_profile
 
             for who in ("agent", "sim"):
                 raw = wd / f"{who}-profile.txt"
