@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark: free ports, a private Mosquitto, /proc readings, a counting subscriber.
+"""Shared pieces of the benchmark: a private Mosquitto, /proc readings, a counting subscriber.
 
 Nothing here imports the tests: the broker is the same idea as `tests/fixtures_broker.py`
 (own port on 127.0.0.1, never the system broker on 1883; `max_queued_messages 0` so a slow
@@ -11,7 +11,6 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,26 +21,10 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 
+from linetap.simulators.net import free_port, wait_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
 
 
 def find_mosquitto() -> str:

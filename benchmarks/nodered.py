@@ -27,7 +27,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import Mosquitto, ProcWatch, Subscriber, free_port, percentile
+from linetap.simulators.net import free_port
+
+from .common import Mosquitto, ProcWatch, Subscriber, percentile
 from .harness import ROOT, TOPIC_ROOT, Child, Result
 from .modbus_e2e import ModbusScenario, run_modbus
 
