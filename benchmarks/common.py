@@ -259,6 +259,12 @@ class Subscriber:
         with self._lock:
             return self.rx.samples, len(self.rx.telemetry_lat), len(self.rx.events)
 
+    def telemetry_latency_ms(self, m0: int, m1: int) -> list[float]:
+        """Telemetry messages m0..m1 (`snapshot_marks`): receive time minus the first sample's agent_ts, ms."""
+        with self._lock:
+            tel = self.rx.telemetry_lat[m0:m1]
+        return [(t - a / 1e6) * 1000 for t, a, _ in tel]
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

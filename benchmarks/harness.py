@@ -129,3 +129,31 @@ def start_agent(wd: Path, sub: Subscriber, wrap: list[str] | None = None, timeou
             raise RuntimeError(f"no telemetry at the subscriber: {(wd / 'agent.log').read_text()[-2000:]}")
         time.sleep(0.05)
     return agent, time.monotonic() - t_spawn
+
+
+def status_rates(st0: dict[str, Any] | None, st1: dict[str, Any] | None) -> dict[str, Any]:
+    """From two agent status files: samples the drivers read per s, the telemetry backlog at the
+    end and its growth per s, the device states at the end ({} without two readings)."""
+    if not (st0 and st1 and st1["written_at"] > st0["written_at"]):
+        return {}
+    dt = (st1["written_at"] - st0["written_at"]) / 1e6
+    read0 = sum(d["samples"] for d in st0["devices"].values())
+    read1 = sum(d["samples"] for d in st1["devices"].values())
+    pend = {s["stream"]: s["pending"] for s in st1["streams"]}
+    pend0 = {s["stream"]: s["pending"] for s in st0["streams"]}
+    return {"read": (read1 - read0) / dt, "backlog_end": pend.get("telemetry"),
+            "backlog_growth": (pend.get("telemetry", 0) - pend0.get("telemetry", 0)) / dt,
+            "device_states": sorted({d["state"] for d in st1["devices"].values()})}
+
+
+def pyspy_wrap(out: Path) -> list[str]:
+    """The command prefix that starts a child under py-spy (raw collapsed stacks into `out`)."""
+    return [str(Path(PY).parent / "py-spy"), "record", "--nonblocking", "--threads", "--rate", "200",
+            "--format", "raw", "--output", str(out), "--"]
+
+
+def pyspy_attach(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy record of a running process for `seconds` (raw collapsed stacks into `out`)."""
+    return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(pid), "--nonblocking",
+                             "--threads", "--rate", "200", "--duration", str(max(1, int(seconds))), "--format", "raw",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import Mosquitto, ProcWatch, Subscriber, percentile
-from .harness import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status, start_agent
+from .harness import AGENT_ID, TOPIC_ROOT, Child, Result, pyspy_wrap, read_status, start_agent, status_rates
 
 STANDBY_TEMPERATURE = 150.0  # simulators/station.py: the ramp starts here
 
@@ -41,9 +41,12 @@ def _example() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def line_config(workdir: Path, broker: Mosquitto, sim_ports: list[int], devices: int, tags: int,
-                interval_ms: int, stations: bool = True, station_ms: int | None = None) -> dict[str, Any]:
+                interval_ms: int, stations: bool = True, station_ms: int | None = None,
+                with_station_tags: bool = True) -> dict[str, Any]:
     """Device `devN` holds the station tags; with `station_ms` it polls only those, that often, and
-    `devN-bulk` (a second connection to the same simulator) polls the bulk tags every `interval_ms`."""
+    `devN-bulk` (a second connection to the same simulator) polls the bulk tags every `interval_ms`.
+    Without `with_station_tags`, `devN` reads only the `tags` bulk float32 tags (a server that is not the
+    station simulator)."""
     from linetap.simulators import BULK_ADDRESS, BULK_COUNT
 
     device, station = _example()
@@ -55,7 +58,7 @@ def line_config(workdir: Path, broker: Mosquitto, sim_ports: list[int], devices:
         port = sim_ports[i % len(sim_ports)]
         if station_ms is None:
             devs.append({**device, "name": name, "port": port, "poll_interval": f"{interval_ms}ms",
-                         "tags": [*device["tags"], *bulk]})
+                         "tags": [*device["tags"], *bulk] if with_station_tags else bulk})
         else:
             devs.append({**device, "name": name, "port": port, "poll_interval": f"{station_ms}ms"})
             if bulk:
@@ -93,11 +96,7 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         cfg = line_config(wd, broker, [i["port"] for i in infos], sc.devices, sc.tags, sc.interval_ms,
                           station_ms=sc.station_ms)
         (wd / "config.json").write_text(json.dumps(cfg))
-        wrap = None
-        if profile is not None:
-            wrap = [str(Path(PY).parent / "py-spy"), "record", "--nonblocking", "--threads", "--rate", "200",
-                    "--format", "raw", "--output", str(profile), "--"]
-        agent, first_sample_s = start_agent(wd, sub, wrap=wrap)
+        agent, first_sample_s = start_agent(wd, sub, wrap=pyspy_wrap(profile) if profile is not None else None)
         time.sleep(sc.warmup)
         pids = {"agent": [agent.pid], "sims": [s.pid for s in sims], "broker": [broker.pid], "bench": [os.getpid()]}
         st0 = read_status(cfg)
@@ -131,15 +130,7 @@ def run_modbus(sc: ModbusScenario, work: Path, max_sims: int, profile: Path | No
         v["rss_agent_mean"] = watch.rss_mean("agent")
         v["hwm_agent"] = watch.hwm["agent"]
         v["ru_maxrss_agent"] = agent_result.get("ru_maxrss")
-        if st0 and st1 and st1["written_at"] > st0["written_at"]:
-            dt = (st1["written_at"] - st0["written_at"]) / 1e6
-            read0 = sum(d["samples"] for d in st0["devices"].values())
-            read1 = sum(d["samples"] for d in st1["devices"].values())
-            v["read"] = (read1 - read0) / dt
-            pend = {s["stream"]: s["pending"] for s in st1["streams"]}
-            v["backlog_end"] = pend.get("telemetry")
-            pend0 = {s["stream"]: s["pending"] for s in st0["streams"]}
-            v["backlog_growth"] = (pend.get("telemetry", 0) - pend0.get("telemetry", 0)) / dt
+        v.update(status_rates(st0, st1))
         rx = sub.rx
         with sub._lock:
             tel = rx.telemetry_lat[m0:m1]

@@ -131,6 +131,10 @@ def print_table(results: list[Result], out=print) -> None:
         out(f"\n### linetap / Node-RED ({r.name})")
         for k, val in r.values.items():
             out(f"- {k}: {val}")
+    if any(r.kind == "libmodbus" for r in results):
+        from .libmodbus import print_libmodbus_table
+
+        print_libmodbus_table(results, out)
     if any(r.kind == "opcua" for r in results):
         from .opcua_bench import print_opcua_table
 

@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few seconds in total (CI)")
     p.add_argument("--long", action="store_true", help="also the 10M-sample backlog drain")
     p.add_argument("--nodered", action="store_true", help="Node-RED side by side (npm install on first use)")
-    p.add_argument("--profile", action="store_true", help="one more run of the 80k scenario under py-spy")
-    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile"), action="append",
-                   help="run only these parts")
+    p.add_argument("--profile", action="store_true",
+                   help="one more run of the 80k scenario under py-spy (with libmodbus: of that scenario too)")
+    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile", "libmodbus"),
+                   action="append", help="run only these parts (libmodbus: linetap and Node-RED against a C "
+                                         "Modbus server, also part of --nodered)")
     p.add_argument("--seconds", type=float, default=None, help="measurement window per end-to-end run")
     p.add_argument("--max-sims", type=int, default=4, help="simulator processes at most (one per device)")
     p.add_argument("--workdir", type=Path, default=None)
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 ok = False
                 print(f"  Node-RED FAILED: {exc}", flush=True)
+    if "libmodbus" in only or (args.nodered and wanted("nodered")):
+        from . import libmodbus
+
+        ok = libmodbus.run_all(work, secs, args.profile, results) and ok
     profile_text = None
     if args.profile and wanted("opcua") and not args.smoke:
         from .opcua_bench import opcua_profile_scenario, run_opcua
