@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if "libmodbus" in only or (args.nodered and wanted("nodered")):
         from . import libmodbus
 
-        ok = libmodbus.run_all(work, secs, args.profile, results) and ok
+        ok = libmodbus.run_all(work, secs, args.profile, results, required="libmodbus" in only) and ok
     profile_text = None
     if args.profile and wanted("opcua") and not args.smoke:
         from .opcua_bench import opcua_profile_scenario, run_opcua
