@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark: free ports, a private Mosquitto, /proc readings, a counting subscriber.
+"""Shared pieces of the benchmark: a private Mosquitto, /proc readings, a counting subscriber.
 
 Nothing here imports the tests: the broker is the same idea as `tests/fixtures_broker.py`
 (own port on 127.0.0.1, never the system broker on 1883; `max_queued_messages 0` so a slow
@@ -11,7 +11,6 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,26 +21,10 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 
+from linetap.simulators.net import free_port, wait_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
 
 
 def find_mosquitto() -> str:
@@ -275,6 +258,12 @@ class Subscriber:
         """(samples, telemetry messages seen so far, events so far): window bookkeeping."""
         with self._lock:
             return self.rx.samples, len(self.rx.telemetry_lat), len(self.rx.events)
+
+    def telemetry_latency_ms(self, m0: int, m1: int) -> list[float]:
+        """Telemetry messages m0..m1 (`snapshot_marks`): receive time minus the first sample's agent_ts, ms."""
+        with self._lock:
+            tel = self.rx.telemetry_lat[m0:m1]
+        return [(t - a / 1e6) * 1000 for t, a, _ in tel]
 
     def close(self) -> None:
         self.client.disconnect()

@@ -25,10 +25,15 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from .common import Mosquitto, ProcWatch, Subscriber, free_port, percentile
-from .run import ROOT, TOPIC_ROOT, Child, ModbusScenario, Result, run_modbus
+from linetap.simulators.net import free_port
+
+from .common import Mosquitto, ProcWatch, Subscriber, percentile
+from .harness import ROOT, TOPIC_ROOT, Child, Result
+from .modbus_e2e import ModbusScenario, run_modbus
 
 NR_DIR = ROOT / "benchmarks" / "node-red"
 MODBUS_PKG = "node-red-contrib-modbus@5.23.3"
@@ -114,17 +119,46 @@ def flow(sim_ports: list[int], devices: int, bulk: int, interval_ms: int, broker
     return nodes
 
 
-def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print) -> Result:
+class ModbusServers(Protocol):
+    """What the flow reads from: started on construction, `ports()` once they listen."""
+
+    pids: list[int]
+
+    def ports(self) -> list[int]: ...
+
+    def stop(self) -> None: ...
+
+
+class StationSims:
+    """`count` pymodbus station simulators (`benchmarks.procs sim`); the devices share them round-robin."""
+
+    def __init__(self, wd: Path, count: int) -> None:
+        self.children = [Child(["sim", "--seed", str(i + 1)], wd / f"sim{i}.log") for i in range(count)]
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+    def ports(self) -> list[int]:
+        return [c.ready()["port"] for c in self.children]
+
+    def stop(self) -> None:
+        for c in self.children:
+            c.terminate()
+
+
+def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print,
+                servers: Callable[[Path], ModbusServers] | None = None) -> Result:
+    """The flow against `servers(run dir)` (default: the station simulators, at most `max_sims`)."""
     red = install(log)
     wd = work / f"nodered-{sc.name}"
     wd.mkdir(parents=True, exist_ok=True)
-    n_sims = max(1, min(sc.devices, max_sims))
-    sims = [Child(["sim", "--seed", str(i + 1)], wd / f"sim{i}.log") for i in range(n_sims)]
+    sims = servers(wd) if servers else StationSims(wd, max(1, min(sc.devices, max_sims)))
     broker = Mosquitto(wd / "broker")
     sub = proc = None
     try:
         broker.start()
-        ports = [s.ready()["port"] for s in sims]
+        ports = sims.ports()
         sub = Subscriber(broker.host, broker.port, TOPIC_ROOT, watch_tag=None).start()
         (wd / "flows.json").write_text(json.dumps(flow(ports, sc.devices, sc.tags, sc.interval_ms, broker.port)))
         ui = free_port()
@@ -146,15 +180,13 @@ def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print) -> Res
             time.sleep(0.1)
         first = time.monotonic() - t0
         time.sleep(sc.warmup)
-        watch = ProcWatch({"nodered": [proc.pid], "sims": [s.pid for s in sims], "broker": [broker.pid],
+        watch = ProcWatch({"nodered": [proc.pid], "sims": sims.pids, "broker": [broker.pid],
                            "bench": [os.getpid()]}).start()
         s0, m0, _ = sub.snapshot_marks()
         time.sleep(sc.seconds)
         s1, m1, _ = sub.snapshot_marks()
         elapsed = watch.stop()
-        with sub._lock:
-            tel = sub.rx.telemetry_lat[m0:m1]
-        lat = [(t - a / 1e6) * 1000 for t, a, _ in tel]
+        lat = sub.telemetry_latency_ms(m0, m1)
         offered = sc.devices * sc.tags * 1000 / sc.interval_ms
         return Result("nodered", f"node-red-{sc.devices}x{sc.tags}@{sc.interval_ms}", {
             "devices": sc.devices, "tags": sc.tags, "interval_ms": sc.interval_ms, "offered": offered,
@@ -174,8 +206,7 @@ def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print) -> Res
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for s in sims:
-            s.terminate()
+        sims.stop()
         broker.stop()
 
 

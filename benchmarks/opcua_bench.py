@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import Mosquitto, ProcWatch, Subscriber, percentile
-from .run import AGENT_ID, PY, TOPIC_ROOT, Child, Result, read_status, start_agent
+from .harness import AGENT_ID, TOPIC_ROOT, Child, Result, pyspy_attach, read_status, start_agent, status_rates
 
 QUEUE_SIZE = 4  # per monitored item, at the server: changes kept between two publishes
 # The simulators run at a lower CPU priority: on 2 cores, K busy simulator processes would otherwise
@@ -81,15 +81,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _spy(pid: int, seconds: float, out: Path) -> Any:
-    """py-spy record of a running process for `seconds` (raw collapsed stacks into `out`)."""
-    import subprocess
-
-    return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(pid), "--nonblocking",
-                             "--threads", "--rate", "200", "--duration", str(max(1, int(seconds))), "--format", "raw",
-                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -> Result:
     """One run; with `profile`, py-spy samples the agent and the first simulator during the window
     (`agent-profile.txt`, `sim-profile.txt` in the run's directory; their CPU includes py-spy's)."""
@@ -115,8 +106,8 @@ def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -
         pids = {"agent": [agent.pid], "sims": [s.pid for s in sims], "broker": [broker.pid], "bench": [os.getpid()]}
         spies = []
         if profile:
-            spies = [_spy(agent.pid, sc.seconds, wd / "agent-profile.txt"),
-                     _spy(sims[0].pid, sc.seconds, wd / "sim-profile.txt")]
+            spies = [pyspy_attach(agent.pid, sc.seconds, wd / "agent-profile.txt"),
+                     pyspy_attach(sims[0].pid, sc.seconds, wd / "sim-profile.txt")]
         sim0 = [_read_json(wd / f"sim{k}.status.json") for k in range(sc.sims)]
         st0 = read_status(cfg)
         s0, m0, _ = sub.snapshot_marks()
@@ -150,15 +141,7 @@ def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -
         v["hwm_agent"] = watch.hwm["agent"]
         v["rss_sims_max"] = watch.rss_max("sims")
         v["ru_maxrss_agent"] = agent_result.get("ru_maxrss")
-        if st0 and st1 and st1["written_at"] > st0["written_at"]:
-            dt = (st1["written_at"] - st0["written_at"]) / 1e6
-            read0 = sum(d["samples"] for d in st0["devices"].values())
-            read1 = sum(d["samples"] for d in st1["devices"].values())
-            v["read"] = (read1 - read0) / dt
-            pend = {s["stream"]: s["pending"] for s in st1["streams"]}
-            pend0 = {s["stream"]: s["pending"] for s in st0["streams"]}
-            v["backlog_growth"] = (pend.get("telemetry", 0) - pend0.get("telemetry", 0)) / dt
-            v["device_states"] = sorted({d["state"] for d in st1["devices"].values()})
+        v.update(status_rates(st0, st1))
         with sub._lock:
             tel = sub.rx.telemetry_lat[m0:m1]
             v["duplicates"] = sub.rx.duplicates
@@ -167,7 +150,7 @@ def run_opcua(sc: OpcUaScenario, work: Path, profile: bool = False, log=print) -
         if v.get("offered") and v.get("cpu_agent") is not None and v.get("read"):
             v["agent_us_per_sample"] = v["cpu_agent"] * 1e6 / v["read"]
         if profile:
-            from .run import summarize_profile
+            from .report import summarize_profile
 
             for who in ("agent", "sim"):
                 raw = wd / f"{who}-profile.txt"

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,27 +31,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from benchmarks.common import free_port
 from benchmarks.soak_units import IN_FLIGHT, check_units
 from linetap.buffers import DuckDBBuffer
 from linetap.buffers.verify import verify
 from linetap.config.loader import load_config
 from linetap.simulators import BULK_ADDRESS
+from linetap.simulators.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "linetap.agent.cli"]
 DISK_MB = 96  # the buffer's tmpfs; buffer.max_size is a quarter of it, so only the fault fills it
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -33,17 +33,10 @@ import paho.mqtt.client as mqtt
 
 from linetap.config.loader import load_config
 from linetap.simulators import ModbusStationServer, StationModel
+from linetap.simulators.net import free_port
 from linetap.simulators.station import PRESSURE_LIMITS, TEMPERATURE_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _crossings(params: dict, horizon: float, grid: float = 0.002) -> dict[str, float]:
@@ -74,7 +67,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="linetap-latency-"))
-    broker_port = _free_port()
+    broker_port = free_port()
     (work / "mosquitto.conf").write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\n"
                                          "max_queued_messages 0\n")
     broker = subprocess.Popen(["mosquitto", "-c", str(work / "mosquitto.conf")],

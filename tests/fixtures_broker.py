@@ -16,7 +16,6 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
+
+from linetap.simulators.net import accepts, free_port
 
 __all__ = ["Broker", "MQTTCapture", "Msg", "broker", "broker_report_header", "capture", "find_mosquitto"]
 
@@ -54,20 +55,6 @@ def broker_report_header() -> str:
     if _require_mosquitto():
         return "mqtt broker: mosquitto REQUIRED (LINETAP_REQUIRE_MOSQUITTO=1) but not found: MQTT tests will fail"
     return "mqtt broker: mosquitto not found, using embedded amqtt (no persistence across broker restarts)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 _AMQTT_SCRIPT = """
@@ -146,7 +133,7 @@ class Broker:
         while True:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _accepts(self.host, self.port):
+                if accepts(self.host, self.port):
                     log.close()
                     return
                 time.sleep(0.02)

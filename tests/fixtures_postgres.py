@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from linetap.simulators.net import free_port
 
 __all__ = ["PostgresServer", "find_pg_bin", "postgres_server"]
 
@@ -35,12 +36,6 @@ def _require() -> bool:
     return os.environ.get("LINETAP_REQUIRE_POSTGRES", "") not in ("", "0", "false", "no")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     user = "linetap"
 
@@ -48,7 +43,7 @@ class PostgresServer:
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="linetap-pg-", dir="/tmp"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             shutil.chown(self.dir, "nobody")

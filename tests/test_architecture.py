@@ -14,6 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("config", "drivers", "buffers", "agent", "simulators", "benchmarks")
 MAX_LINES = 500  # "a module small enough to read in one sitting"
+# `--nodered` npm-installs Node-RED here (git-ignored); npm brings Python files of its own (node-gyp)
+NOT_OURS = ROOT / "benchmarks" / "node-red"
 
 
 def _lint_imports(*args: str) -> subprocess.CompletedProcess:
@@ -44,9 +46,8 @@ def test_the_contracts_see_real_imports(tmp_path: Path) -> None:
 # lower or delete its line here; a new module over the limit fails at once.
 STILL_TOO_LONG = {
     "drivers/opcua.py": 1071,
-    "agent/forwarder.py": 588,
+    "agent/forwarder.py": 561,
     "agent/runtime.py": 510,
-    "benchmarks/run.py": 717,
     "simulators/opcua_server.py": 608,
     "simulators/modbus_server.py": 536,
 }
@@ -54,7 +55,7 @@ STILL_TOO_LONG = {
 
 def test_no_module_is_too_long_to_read_in_one_sitting() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
-             for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+             for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if NOT_OURS not in p.parents}
     long = {f: n for f, n in sizes.items() if n > STILL_TOO_LONG.get(f, MAX_LINES)}
     assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
     stale = {f: n for f, n in STILL_TOO_LONG.items() if sizes.get(f, 0) <= MAX_LINES}

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_broker import free_port
 from rich.console import Console
 
 from linetap.agent.cli.demo import DemoResult
 from linetap.agent.cli.demo_view import Frame, LineDisplay, LiveDisplay, make_display
 from linetap.buffers.integrity import GENESIS, record_hash
 from linetap.buffers.verify import verify_lines
+from linetap.simulators.net import free_port
 
 LINETAP = Path(sys.executable).with_name("linetap")
 SUMMARY = re.compile(r"received ([\d,]+) samples, (\d+) unit records and (\d+) events")

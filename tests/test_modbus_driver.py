@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from linetap.simulators import (
     ModbusStationServer,
     StationModel,
 )
+from linetap.simulators.net import free_port
 
 
 def device(port: int, tags: list[dict], **kw) -> ModbusDeviceConfig:
@@ -29,12 +29,6 @@ def device(port: int, tags: list[dict], **kw) -> ModbusDeviceConfig:
 
 def by_name(batch: SampleBatch) -> dict[str, tuple]:
     return {t: (v, q, r) for t, v, q, r in zip(batch.tag, batch.value, batch.quality, batch.reason, strict=True)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -14,6 +13,7 @@ from linetap.config.devices.opcua import OpcUaDeviceConfig, parse_node_ref
 from linetap.drivers import DeviceUnreachable, DriverError, create_driver
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import Quality, SampleBatch, now_us
+from linetap.simulators.net import free_port
 from linetap.simulators.opcua_server import KNOWN_VALUES, NAMESPACE_URI, OpcUaStationServer
 from linetap.simulators.station import StationModel
 
@@ -26,12 +26,6 @@ def latest(batches: list[SampleBatch]) -> dict[str, tuple]:
         for i, tag in enumerate(b.tag):
             out[tag] = (b.value[i], b.quality[i], b.reason[i], b.source_ts[i] if b.source_ts else None, b.agent_ts)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- config ---------------------------------------------------------------------------------

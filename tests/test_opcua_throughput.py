@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,8 @@ import pytest
 
 from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.drivers.opcua import OpcUaDriver
+from linetap.simulators.net import free_port
 from linetap.simulators.opcua_server import NAMESPACE_URI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_simulator(port: int, items: int, interval: float) -> subprocess.Popen:
@@ -35,7 +29,7 @@ def _start_simulator(port: int, items: int, interval: float) -> subprocess.Popen
 
 
 async def measure(items: int, interval: float, seconds: float, publishing: float = 0.1) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     proc = _start_simulator(port, items, interval)
     try:
         cfg = OpcUaDeviceConfig.model_validate({

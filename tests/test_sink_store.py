@@ -11,11 +11,11 @@ import time
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from fixtures_broker import free_port
 from sink_helpers import SinkProc, linetap, query
 from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 
 from linetap.buffers.integrity import GENESIS, record_hash
+from linetap.simulators.net import free_port
 
 AGENT = "crafted-line"
 ROOT = "acme/cork/packaging/line9"

@@ -55,12 +55,6 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
     """Fail fast with one line when a given broker cannot be reached (the agent itself would retry forever)."""
     try:
@@ -83,6 +77,8 @@ async def demo_broker(broker: tuple[str, int] | None, workdir: Path):
         await check_reachable(host, port)
         yield host, port, f"broker at {host}:{port}"
         return
+    from linetap.simulators.net import free_port
+
     port = free_port()
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary:
