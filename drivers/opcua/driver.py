@@ -46,10 +46,10 @@ from linetap.config.devices.opcua import (
     parse_node_ref,
 )
 from linetap.config.secrets import FileProblem
-from linetap.drivers.opcua_types import FLOAT
 from linetap.drivers.samples import Quality, SampleBatch, now_us, shortest_float32
 
-from .base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
+from ..base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
+from .types import FLOAT
 
 log = structlog.get_logger("linetap.drivers.opcua")
 
@@ -213,7 +213,7 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
     client.name = client.description = f"linetap {name}"
     client.application_uri = f"urn:linetap:{name}"
     client.session_timeout = 60_000
-    from linetap.drivers.opcua_errors import record_server_errors
+    from .errors import record_server_errors
 
     server_errors = record_server_errors(client)
     try:
@@ -243,7 +243,7 @@ def _connect_error(where: str, exc: BaseException, timeout: float, security: Opc
                    server_errors: dict | None = None) -> DriverError:
     from asyncua import ua
 
-    from linetap.drivers.opcua_errors import security_cause, status_of
+    from .errors import security_cause, status_of
 
     cause = describe_error(exc, timeout)
     name = status_of(exc, server_errors or {})
@@ -416,7 +416,7 @@ class OpcUaDriver(Driver):
         self._nodeids: list[Any] = []  # resolved ua.NodeId per tag (None: unresolved)
         self._resolve_errors: dict[int, str] = {}
         self._item_errors: dict[int, str] = {}
-        from linetap.drivers.opcua_types import TypeGuard
+        from .types import TypeGuard
 
         self._types = TypeGuard(len(config.tags))  # the type each tag's values must have
         self._limits: dict[str, int] = {}
@@ -560,7 +560,7 @@ class OpcUaDriver(Driver):
         """Each node's DataType and ValueRank (Read), for the type check of every value."""
         from asyncua import ua
 
-        from linetap.drivers.opcua_types import TypeGuard, expected_kind
+        from .types import TypeGuard, expected_kind
 
         self._types = TypeGuard(len(self._names))
         todo = [i for i, nid in enumerate(self._nodeids) if nid is not None]
@@ -579,7 +579,7 @@ class OpcUaDriver(Driver):
     async def _walk_path(self, client, segments, default_ns, cache, ns_array) -> tuple[Any, str | None]:
         from asyncua import ua
 
-        from linetap.drivers.opcua_identity import ambiguity, path_text
+        from .identity import ambiguity, path_text
 
         current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
         for k, (ns, name) in enumerate(segments, 1):

@@ -78,7 +78,7 @@ def status_of(exc: BaseException | None, seen: dict[str, Any]) -> str | None:
     """The status name behind a failed connect: the exception's own, else a recorded ErrorMessage."""
     from asyncua import ua
 
-    from linetap.drivers.opcua import status_name
+    from .driver import status_name
 
     if isinstance(exc, ua.UaStatusCodeError):
         return status_name(getattr(exc, "code", 0))
