@@ -96,7 +96,7 @@ async def browse_async(
         raise
     except Exception as exc:
         from linetap.drivers import DeviceUnreachable
-        from linetap.drivers.opcua.driver import describe_error
+        from linetap.drivers.opcua.errors import describe_error
 
         raise DeviceUnreachable(f"browsing {endpoint}: {describe_error(exc, timeout)}") from None
     finally:

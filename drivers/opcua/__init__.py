@@ -1,4 +1,4 @@
-"""OPC UA: the driver (`driver`), connect errors in words (`errors`), browse-path identity
+"""OPC UA: the driver (`driver`), errors in words (`errors`), browse-path identity
 (`identity`) and the type check of values (`types`). `linetap.drivers.opcua:OpcUaDriver` is the
 registry's entry."""
 
