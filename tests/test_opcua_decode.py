@@ -15,13 +15,9 @@ from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary, struct_
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.drivers.opcua.driver import (
-    OpcUaDriver,
-    _convert_raw,
-    _decode_data_changes,
-    _NotFast,
-    _variant_type,
-)
+from linetap.drivers.opcua import OpcUaDriver
+from linetap.drivers.opcua.publish import _decode_data_changes, _NotFast
+from linetap.drivers.opcua.values import _convert_raw, _variant_type
 
 pytestmark = pytest.mark.timeout(60)
 
