@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from linetap.config.devices.opcua import OpcUaSecurity, parse_node_ref
-from linetap.drivers.opcua.driver import open_client, read_operation_limits
+from linetap.drivers.opcua.client import open_client, read_operation_limits
 
 from .common import EXIT_CONFIG, EXIT_RUNTIME, app
 
@@ -100,7 +100,7 @@ async def browse_async(
 
         raise DeviceUnreachable(f"browsing {endpoint}: {describe_error(exc, timeout)}") from None
     finally:
-        from linetap.drivers.opcua.driver import _quiet_disconnect
+        from linetap.drivers.opcua.client import _quiet_disconnect
 
         await _quiet_disconnect(client)
     return _yaml(endpoint, root, depth, ns_array, variables, types, ranks, units)

@@ -27,11 +27,9 @@ any namespace).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import math
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -39,13 +37,12 @@ import structlog
 from linetap.config.devices.opcua import (
     DEFAULT_ITEMS_PER_CALL,
     OpcUaDeviceConfig,
-    OpcUaSecurity,
     parse_node_ref,
 )
-from linetap.config.secrets import FileProblem
 from linetap.drivers.samples import Quality, SampleBatch, now_us
 
 from ..base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
+from .client import _quiet_disconnect, open_client, read_operation_limits
 from .errors import describe_error, status_name
 from .publish import _DataChanges, _install_fast_publish
 from .types import FLOAT
@@ -53,218 +50,12 @@ from .values import _convert_raw, _float32_marks, _us, _variant_type
 
 log = structlog.get_logger("linetap.drivers.opcua")
 
-# --------------------------------------------------------------------------------------------
-# The driver
-# --------------------------------------------------------------------------------------------
-
 
 class _Lost:
     __slots__ = ("reason",)
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-_POLICY_CLASS = {
-    "Basic256Sha256": "SecurityPolicyBasic256Sha256",
-    "Aes128_Sha256_RsaOaep": "SecurityPolicyAes128Sha256RsaOaep",
-    "Aes256_Sha256_RsaPss": "SecurityPolicyAes256Sha256RsaPss",
-}
-
-
-async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout: float,
-                      watchdog_interval: float = 1.0):
-    """A connected asyncua Client (secured and authenticated as configured).
-
-    Raises DriverError / DeviceUnreachable with a message naming `name`, the endpoint and the cause.
-    """
-    from asyncua import Client
-
-    where = f"device {name} at {endpoint}"
-    client = Client(endpoint, timeout=timeout, watchdog_intervall=watchdog_interval)
-    client.name = client.description = f"linetap {name}"
-    client.application_uri = f"urn:linetap:{name}"
-    client.session_timeout = 60_000
-    from .errors import record_server_errors
-
-    server_errors = record_server_errors(client)
-    try:
-        if security.policy != "None":
-            await _apply_security(client, security, timeout, where)
-        if security.username:
-            client.set_user(security.username)
-            try:
-                pw = security.password_value()
-            except FileProblem as err:
-                raise DriverError(str(err)) from None
-            if pw is not None:
-                client.set_password(pw)
-        await asyncio.wait_for(client.connect(), timeout)
-    except DriverError:
-        await _quiet_disconnect(client)
-        raise
-    except BaseException as exc:
-        await _quiet_disconnect(client)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        raise _connect_error(where, exc, timeout, security, server_errors) from None
-    return client
-
-
-def _connect_error(where: str, exc: BaseException, timeout: float, security: OpcUaSecurity,
-                   server_errors: dict | None = None) -> DriverError:
-    from asyncua import ua
-
-    from .errors import security_cause, status_of
-
-    cause = describe_error(exc, timeout)
-    name = status_of(exc, server_errors or {})
-    if name is not None:
-        specific = security_cause(name, security)
-        if specific is not None:
-            # a configuration problem: retrying as-is will not help, but it is not the network
-            return DriverError(f"cannot connect to {where}: {specific}")
-        if not isinstance(exc, ua.UaStatusCodeError):
-            cause = describe_error(ua.UaStatusCodeError(server_errors["status"].value), timeout)
-    elif isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
-        login = f"user {security.username}" if security.username else "anonymous"
-        return DeviceConfigError(f"cannot connect to {where}: the server offers no endpoint for security policy "
-                                 f"{security.policy}/{security.effective_mode} with {login} login "
-                                 "(does it require a secured connection? set security.policy)")
-    return DeviceUnreachable(f"cannot connect to {where}: {cause}")
-
-
-async def _apply_security(client, security: OpcUaSecurity, timeout: float, where: str) -> None:
-    from asyncua import ua
-    from asyncua.crypto import security_policies, uacrypto
-
-    policy_cls = getattr(security_policies, _POLICY_CLASS[security.policy])
-    mode = getattr(ua.MessageSecurityMode, security.effective_mode)
-    for label, path in (("certificate", security.certificate), ("private_key", security.private_key)):
-        if path is None or not Path(path).is_file():
-            raise DriverError(f"{where}: security {label} file {path} not found "
-                              "(create one with `linetap certs create`)")
-    try:
-        own_cert = await uacrypto.load_certificate(str(security.certificate))
-    except Exception as err:
-        raise DriverError(f"{where}: cannot load certificate {security.certificate}: {err}") from None
-    uris = _cert_uris(own_cert)
-    if uris:
-        client.application_uri = uris[0]  # must match the certificate, or servers reject the session
-    try:
-        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        raise DeviceUnreachable(f"cannot connect to {where}: {describe_error(exc, timeout)}") from None
-    chosen = None
-    for ep in endpoints:
-        if ep.SecurityPolicyUri == policy_cls.URI and ep.SecurityMode == mode:
-            chosen = ep
-            break
-    if chosen is None:
-        offered = sorted({f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}" for ep in endpoints})
-        raise DeviceConfigError(f"{where}: the server offers no endpoint with {security.policy}/"
-                                f"{security.effective_mode}; it offers {', '.join(offered)}")
-    from asyncua.client.client import _first_cert_from_chain
-
-    server_der = _first_cert_from_chain(chosen.ServerCertificate)
-    await check_server_trusted(server_der, security, where)
-    pk_password = security.private_key_password.get_secret_value() if security.private_key_password else None
-    try:
-        await client.set_security(policy_cls, str(security.certificate), str(security.private_key),
-                                  pk_password, server_der, mode)
-    except Exception as err:
-        raise DriverError(f"{where}: cannot use certificate/key {security.certificate}, {security.private_key}: "
-                          f"{err}") from None
-
-
-def _cert_uris(cert) -> list[str]:
-    from cryptography import x509
-
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
-
-
-async def check_server_trusted(server_der: bytes, security: OpcUaSecurity, where: str) -> None:
-    """Raise DriverError unless the server certificate is the configured one or in the trust folder."""
-    from asyncua.crypto import uacrypto
-    from cryptography.hazmat.primitives import hashes
-
-    cert = uacrypto.x509_from_der(server_der)
-    thumb = cert.fingerprint(hashes.SHA1()).hex()
-    subject = cert.subject.rfc4514_string()
-    now = _dt.datetime.now(_dt.UTC)
-    if security.server_certificate is not None:
-        try:
-            pinned = await uacrypto.load_certificate(str(security.server_certificate))
-        except Exception as err:
-            raise DriverError(f"{where}: cannot load server_certificate {security.server_certificate}: {err}") from None
-        if uacrypto.der_from_x509(pinned) == server_der:
-            _check_validity(cert, now, where)
-            return
-    if security.trust_dir is not None:
-        from asyncua.crypto.truststore import TrustStore
-
-        if not Path(security.trust_dir).is_dir():
-            raise DriverError(f"{where}: trust_dir {security.trust_dir} is not a folder")
-        store = TrustStore([Path(security.trust_dir)], [])
-        try:
-            await store.load()
-            trusted = store.validate(cert)
-        except Exception:
-            trusted = False
-        if trusted:
-            _check_validity(cert, now, where)
-            return
-    places = " or ".join(str(p) for p in (security.server_certificate, security.trust_dir) if p is not None)
-    raise DriverError(f"{where}: server certificate not trusted (subject {subject}, SHA-1 thumbprint {thumb}); "
-                      f"it is not the one in {places}. If this is the right server, put its certificate there.")
-
-
-def _check_validity(cert, now: _dt.datetime, where: str) -> None:
-    if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
-        raise DriverError(f"{where}: server certificate is trusted but not valid now (valid "
-                          f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
-
-
-async def _quiet_disconnect(client) -> None:
-    try:
-        await asyncio.wait_for(client.disconnect(), 2.0)
-    except BaseException:
-        pass
-    try:
-        client.disconnect_socket()
-    except BaseException:
-        pass
-    for task_name in ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task"):
-        task = getattr(client, task_name, None)
-        if task is not None and not task.done():
-            task.cancel()
-
-
-async def read_operation_limits(client) -> dict[str, int]:
-    """The server's OperationLimits (0 = no limit or not published)."""
-    from asyncua import ua
-
-    names = ["MaxNodesPerRead", "MaxMonitoredItemsPerCall", "MaxNodesPerBrowse",
-             "MaxNodesPerTranslateBrowsePathsToNodeIds"]
-    ids = [ua.NodeId(getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{n}")) for n in names]
-    out = dict.fromkeys(names, 0)
-    try:
-        results = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
-    except Exception:
-        return out
-    for n, dv in zip(names, results, strict=False):
-        if dv.StatusCode is not None and not dv.StatusCode.is_good():
-            continue
-        v = dv.Value.Value if dv.Value is not None else None
-        if isinstance(v, int) and v > 0:
-            out[n] = v
-    return out
 
 
 def _chunks(seq: list, size: int):
