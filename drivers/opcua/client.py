@@ -114,3 +114,7 @@ async def read_operation_limits(client) -> dict[str, int]:
             out[n] = v
     return out
 
+
+def _chunks(seq: list, size: int):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]

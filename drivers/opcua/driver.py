@@ -34,16 +34,13 @@ from typing import Any
 
 import structlog
 
-from linetap.config.devices.opcua import (
-    DEFAULT_ITEMS_PER_CALL,
-    OpcUaDeviceConfig,
-    parse_node_ref,
-)
+from linetap.config.devices.opcua import DEFAULT_ITEMS_PER_CALL, OpcUaDeviceConfig
 from linetap.drivers.samples import Quality, SampleBatch, now_us
 
 from ..base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
-from .client import _quiet_disconnect, open_client, read_operation_limits
+from .client import _chunks, _quiet_disconnect, open_client, read_operation_limits
 from .errors import describe_error, status_name
+from .nodes import read_datatypes, read_units, resolve_nodes
 from .publish import _DataChanges, _install_fast_publish
 from .types import FLOAT
 from .values import _convert_raw, _float32_marks, _us, _variant_type
@@ -56,11 +53,6 @@ class _Lost:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def _chunks(seq: list, size: int):
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
 
 
 class OpcUaDriver(Driver):
@@ -131,10 +123,12 @@ class OpcUaDriver(Driver):
         client.connection_lost_callback = on_lost
         try:
             self._limits = await read_operation_limits(client)
-            await self._resolve_nodes(client)
-            await self._read_datatypes(client)
+            self._nodeids, self._resolve_errors = await resolve_nodes(client, cfg, self._where)
+            self._types = await read_datatypes(client, self._nodeids, self._per_call("MaxNodesPerRead"))
             if cfg.read_units:
-                await self._read_units(client)
+                self.units.update(await read_units(
+                    client, cfg.tags, self._nodeids, self._per_call("MaxNodesPerTranslateBrowsePathsToNodeIds"),
+                    self._per_call("MaxNodesPerRead"), self.name))
             if cfg.mode == "subscribe":
                 await self._subscribe(client, gen)
         except DriverError:
@@ -184,124 +178,6 @@ class OpcUaDriver(Driver):
             inner(exc)
 
         protocol.on_connection_lost = on_connection_lost
-
-    # --- node resolution -----------------------------------------------------------------
-
-    async def _resolve_nodes(self, client) -> None:
-        from asyncua import ua
-
-        cfg = self.config
-        ns_array: list[str] = await client.get_namespace_array()
-        self._nodeids = [None] * len(cfg.tags)
-        self._resolve_errors = {}
-        default_ns = None
-        if cfg.namespace is not None:
-            if cfg.namespace not in ns_array:
-                raise DeviceConfigError(f"{self._where}: namespace {cfg.namespace!r} is not on the server "
-                                        f"(it has {', '.join(ns_array)})")
-            default_ns = ns_array.index(cfg.namespace)
-        children_cache: dict[Any, list] = {}
-        for i, tag in enumerate(cfg.tags):
-            kind, ref = parse_node_ref(tag.node)
-            if kind == "nodeid":
-                uri = getattr(ref, "NamespaceUri", None)
-                if uri:
-                    if uri not in ns_array:
-                        self._resolve_errors[i] = f"BadNodeIdUnknown: namespace {uri} not on the server"
-                        continue
-                    ref = ua.NodeId(ref.Identifier, ns_array.index(uri), ref.NodeIdType)
-                elif isinstance(ref, ua.ExpandedNodeId):
-                    ref = ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
-                self._nodeids[i] = ref
-            else:
-                nodeid, err = await self._walk_path(client, ref, default_ns, children_cache, ns_array)
-                if err:
-                    self._resolve_errors[i] = f"BadNoMatch: browse path {tag.node!r}: {err}"
-                self._nodeids[i] = nodeid
-
-    async def _read_datatypes(self, client) -> None:
-        """Each node's DataType and ValueRank (Read), for the type check of every value."""
-        from asyncua import ua
-
-        from .types import TypeGuard, expected_kind
-
-        self._types = TypeGuard(len(self._names))
-        todo = [i for i, nid in enumerate(self._nodeids) if nid is not None]
-        for chunk in _chunks(todo, self._per_call("MaxNodesPerRead")):
-            nodes = [self._nodeids[i] for i in chunk]
-            try:
-                dts = await client.uaclient.read_attributes(nodes, ua.AttributeIds.DataType)
-                vrs = await client.uaclient.read_attributes(nodes, ua.AttributeIds.ValueRank)
-            except ua.UaStatusCodeError:
-                continue  # held to the first value seen
-            for i, dt, vr in zip(chunk, dts, vrs, strict=False):
-                dtype = dt.Value.Value if dt.Value is not None and dt.StatusCode.is_good() else None
-                rank = vr.Value.Value if vr.Value is not None and vr.StatusCode.is_good() else None
-                self._types.declared[i] = expected_kind(dtype, rank if isinstance(rank, int) else None)
-
-    async def _walk_path(self, client, segments, default_ns, cache, ns_array) -> tuple[Any, str | None]:
-        from asyncua import ua
-
-        from .identity import ambiguity, path_text
-
-        current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
-        for k, (ns, name) in enumerate(segments, 1):
-            ns = default_ns if ns is None else ns
-            children = cache.get(current)
-            if children is None:
-                refs = await client.get_node(current).get_children_descriptions()
-                children = [(r.BrowseName.NamespaceIndex, r.BrowseName.Name, r.NodeId) for r in refs]
-                cache[current] = children
-            hits = [(cns, nid) for cns, cname, nid in children if cname == name and (ns is None or cns == ns)]
-            matches = [nid for _, nid in hits]
-            if ns is None:
-                text = ambiguity(path_text(segments), (cns for cns, _ in hits), ns_array, at=path_text(segments, k))
-                if text:
-                    raise DeviceConfigError(f"{self._where}: {text}")
-            if not matches:
-                return None, f"no child {name!r} under {current.to_string()}"
-            current = matches[0]
-        return current, None
-
-    async def _read_units(self, client) -> None:
-        """EUInformation.DisplayName (or Description) for tags without a configured unit."""
-        from asyncua import ua
-
-        todo = [i for i, t in enumerate(self.config.tags) if t.unit is None and self._nodeids[i] is not None]
-        if not todo:
-            return
-        per_call = self._per_call("MaxNodesPerTranslateBrowsePathsToNodeIds")
-        eu_ids: list[tuple[int, Any]] = []
-        for chunk in _chunks(todo, per_call):
-            paths = []
-            for i in chunk:
-                rel = ua.RelativePath(Elements=[ua.RelativePathElement(
-                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty), IsInverse=False, IncludeSubtypes=True,
-                    TargetName=ua.QualifiedName("EngineeringUnits", 0))])
-                paths.append(ua.BrowsePath(StartingNode=self._nodeids[i], RelativePath=rel))
-            try:
-                results = await client.uaclient.translate_browsepaths_to_nodeids(paths)
-            except Exception as exc:
-                log.info("opcua units not read", device=self.name, cause=describe_error(exc))
-                return
-            for i, res in zip(chunk, results, strict=False):
-                if res.StatusCode.is_good() and res.Targets:
-                    eu_ids.append((i, res.Targets[0].TargetId))
-        read_per_call = self._per_call("MaxNodesPerRead")
-        for chunk in _chunks(eu_ids, read_per_call):
-            nodeids = [ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType) for _, t in chunk]
-            try:
-                values = await client.uaclient.read_attributes(nodeids, ua.AttributeIds.Value)
-            except Exception:
-                return
-            for (i, _), dv in zip(chunk, values, strict=False):
-                eu = dv.Value.Value if dv.Value is not None else None
-                if eu is None:
-                    continue
-                text = getattr(getattr(eu, "DisplayName", None), "Text", None) or \
-                    getattr(getattr(eu, "Description", None), "Text", None)
-                if text:
-                    self.units[self.config.tags[i].name] = text
 
     # --- subscribe -----------------------------------------------------------------------
 
