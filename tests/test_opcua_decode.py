@@ -15,9 +15,8 @@ from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary, struct_
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.opcua.publish import _decode_data_changes, _NotFast
-from linetap.drivers.opcua.values import _convert_raw, _variant_type
+from linetap.drivers.opcua.values import _convert_raw, _variant_type, convert_data_value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,7 +82,7 @@ def test_scalar_data_changes_decode_like_asyncua():
     assert fast.SubscriptionId == slow.SubscriptionId == 7
     assert fast.SequenceNumber == slow.NotificationMessage.SequenceNumber == 42
     assert len(fast.NotificationData) == len(slow.NotificationMessage.NotificationData) == 2
-    expected = [(item.ClientHandle, OpcUaDriver._convert_dv(item.Value))
+    expected = [(item.ClientHandle, convert_data_value(item.Value))
                 for notif in slow.NotificationMessage.NotificationData for item in notif.MonitoredItems]
     got = [(h, _convert_raw(v, code, src)) for h, v, code, src, _ in fast.items]
     assert [vt for *_, vt in fast.items] == [_variant_type(item.Value) for notif in

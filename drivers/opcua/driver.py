@@ -43,7 +43,7 @@ from .errors import describe_error, status_name
 from .nodes import read_datatypes, read_units, resolve_nodes
 from .publish import _DataChanges, _install_fast_publish
 from .types import FLOAT
-from .values import _convert_raw, _float32_marks, _us, _variant_type
+from .values import _convert_raw, _float32_marks, _variant_type, convert_data_value
 
 log = structlog.get_logger("linetap.drivers.opcua")
 
@@ -195,7 +195,7 @@ class OpcUaDriver(Driver):
             PublishingEnabled=True,
             Priority=0,
         )
-        names, convert, queue = self._names, self._convert_dv, self._queue
+        names, convert, queue = self._names, convert_data_value, self._queue
         n_names = len(names)
 
         def emit(changes) -> None:
@@ -311,7 +311,7 @@ class OpcUaDriver(Driver):
         todo = [i for i in range(n) if self._nodeids[i] is not None]
         floats: list[int] = []  # positions of Float (float32) values
         per_call = self._per_call("MaxNodesPerRead")
-        convert = self._convert_dv
+        convert = convert_data_value
         for chunk in _chunks(todo, per_call):
             rparams = ua.ReadParameters(
                 MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
@@ -401,15 +401,3 @@ class OpcUaDriver(Driver):
                 await self.close()
                 raise self._lost(item.reason)
             yield item
-
-    # --- decoding ------------------------------------------------------------------------
-
-    @staticmethod
-    def _convert_dv(dv) -> tuple[Any, int, str | None, int | None]:
-        """(value, quality, reason, source_ts) of one DataValue."""
-        sc = dv.StatusCode
-        variant = dv.Value
-        ts = dv.SourceTimestamp or dv.ServerTimestamp
-        return _convert_raw(variant.Value if variant is not None else None, sc.value if sc is not None else 0,
-                            _us(ts) if ts is not None else None)
-

@@ -123,3 +123,12 @@ def _convert_raw(raw: Any, code: int, src: int | None) -> tuple[Any, int, str | 
     if why is not None:
         return value, Quality.UNCERTAIN, why, src
     return value, Quality.GOOD, None, src
+
+
+def convert_data_value(dv) -> tuple[Any, int, str | None, int | None]:
+    """(value, quality, reason, source_ts) of one DataValue."""
+    sc = dv.StatusCode
+    variant = dv.Value
+    ts = dv.SourceTimestamp or dv.ServerTimestamp
+    return _convert_raw(variant.Value if variant is not None else None, sc.value if sc is not None else 0,
+                        _us(ts) if ts is not None else None)
