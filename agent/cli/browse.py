@@ -100,9 +100,9 @@ async def browse_async(
 
         raise DeviceUnreachable(f"browsing {endpoint}: {describe_error(exc, timeout)}") from None
     finally:
-        from linetap.drivers.opcua.client import _quiet_disconnect
+        from linetap.drivers.opcua.client import quiet_disconnect
 
-        await _quiet_disconnect(client)
+        await quiet_disconnect(client)
     return _yaml(endpoint, root, depth, ns_array, variables, types, ranks, units)
 
 

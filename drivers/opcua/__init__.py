@@ -1,6 +1,8 @@
-"""OPC UA: the driver (`driver`), errors in words (`errors`), browse-path identity
-(`identity`) and the type check of values (`types`). `linetap.drivers.opcua:OpcUaDriver` is the
-registry's entry."""
+"""OPC UA: the driver (`driver`: connect, subscribe / poll loops) and its parts: the connected
+asyncua client (`client`), the secure channel and server trust (`security`), errors in words
+(`errors`), tag nodes resolved at connect (`nodes`, `identity`), values as samples (`values`,
+`types`) and the fast PublishResponse decoder (`publish`). `linetap.drivers.opcua:OpcUaDriver`
+is the registry's entry."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from linetap.config.secrets import FileProblem
 
 from ..base import DeviceConfigError, DeviceUnreachable, DriverError
 from .errors import describe_error
-from .security import _apply_security
+from .security import apply_security
 
 
 async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout: float,
@@ -32,7 +32,7 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
     server_errors = record_server_errors(client)
     try:
         if security.policy != "None":
-            await _apply_security(client, security, timeout, where)
+            await apply_security(client, security, timeout, where)
         if security.username:
             client.set_user(security.username)
             try:
@@ -43,10 +43,10 @@ async def open_client(name: str, endpoint: str, security: OpcUaSecurity, timeout
                 client.set_password(pw)
         await asyncio.wait_for(client.connect(), timeout)
     except DriverError:
-        await _quiet_disconnect(client)
+        await quiet_disconnect(client)
         raise
     except BaseException as exc:
-        await _quiet_disconnect(client)
+        await quiet_disconnect(client)
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise _connect_error(where, exc, timeout, security, server_errors) from None
@@ -78,7 +78,7 @@ def _connect_error(where: str, exc: BaseException, timeout: float, security: Opc
 
 
 
-async def _quiet_disconnect(client) -> None:
+async def quiet_disconnect(client) -> None:
     try:
         await asyncio.wait_for(client.disconnect(), 2.0)
     except BaseException:
@@ -115,6 +115,6 @@ async def read_operation_limits(client) -> dict[str, int]:
     return out
 
 
-def _chunks(seq: list, size: int):
+def chunks(seq: list, size: int):
     for i in range(0, len(seq), size):
         yield seq[i:i + size]

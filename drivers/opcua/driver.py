@@ -7,7 +7,7 @@ Two modes, same output:
   (no per-notification task or object from asyncua's handler/iterator APIs, and no bounded
   client-side queue that could drop notifications silently: see MEASURED.md). The common
   PublishResponse (data changes of scalar values) is decoded straight from its bytes
-  (`_decode_data_changes`); anything else goes through asyncua's decoder.
+  (`publish.py`); anything else goes through asyncua's decoder.
 - `poll`: every `poll_interval`, one Read of every tag (split to the server's operation limits).
 
 Values: scalars of the built-in types as Python values (DateTime as an ISO 8601 string in UTC,
@@ -38,12 +38,12 @@ from linetap.config.devices.opcua import DEFAULT_ITEMS_PER_CALL, OpcUaDeviceConf
 from linetap.drivers.samples import Quality, SampleBatch, now_us
 
 from ..base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
-from .client import _chunks, _quiet_disconnect, open_client, read_operation_limits
+from .client import chunks, open_client, quiet_disconnect, read_operation_limits
 from .errors import describe_error, status_name
 from .nodes import read_datatypes, read_units, resolve_nodes
-from .publish import _DataChanges, _install_fast_publish
+from .publish import DataChanges, install_fast_publish
 from .types import FLOAT
-from .values import _convert_raw, _float32_marks, _variant_type, convert_data_value
+from .values import convert_data_value, convert_raw, float32_marks, variant_type
 
 log = structlog.get_logger("linetap.drivers.opcua")
 
@@ -159,7 +159,7 @@ class OpcUaDriver(Driver):
         self._subscription_id = None
         if client is not None:
             client.connection_lost_callback = None
-            await _quiet_disconnect(client)
+            await quiet_disconnect(client)
 
     def _lost(self, cause: str) -> DeviceUnreachable:
         return DeviceUnreachable(f"connection to {self._where} lost: {self._socket_cause or cause}")
@@ -223,28 +223,28 @@ class OpcUaDriver(Driver):
                 self.notifications += len(tags)
                 queue.put_nowait(SampleBatch(device=self.name, tag=tags, value=values, quality=quality,
                                              reason=reason, agent_ts=agent_ts, source_ts=source,
-                                             float32=_float32_marks(values, floats)))
+                                             float32=float32_marks(values, floats)))
 
-        def on_publish(result: ua.PublishResult | _DataChanges) -> None:
+        def on_publish(result: ua.PublishResult | DataChanges) -> None:
             if gen != self._generation:
                 return
             self._last_publish = time.monotonic()
             self.publish_responses += 1
-            if type(result) is _DataChanges:  # decoded by _decode_data_changes
+            if type(result) is DataChanges:  # decoded by _decode_data_changes
                 self.fast_responses += 1
-                emit((h, _convert_raw(raw, code, src), vt) for h, raw, code, src, vt in result.items)
+                emit((h, convert_raw(raw, code, src), vt) for h, raw, code, src, vt in result.items)
                 return
             changes = []
             for notif in result.NotificationMessage.NotificationData or ():
                 items = getattr(notif, "MonitoredItems", None)
                 if items is not None:
-                    changes.extend((item.ClientHandle, convert(item.Value), _variant_type(item.Value))
+                    changes.extend((item.ClientHandle, convert(item.Value), variant_type(item.Value))
                                    for item in items)
                 elif isinstance(notif, ua.StatusChangeNotification):
                     queue.put_nowait(_Lost(f"subscription ended by the server ({notif.Status.name})"))
             emit(changes)
 
-        _install_fast_publish(client.uaclient.session)  # before the publish loop starts
+        install_fast_publish(client.uaclient.session)  # before the publish loop starts
         result = await client.uaclient.create_subscription(params, on_publish)
         self._subscription_id = result.SubscriptionId
         self._revised_publishing_interval = result.RevisedPublishingInterval
@@ -275,7 +275,7 @@ class OpcUaDriver(Driver):
                 RequestedParameters=mparams,
             )))
         per_call = self._per_call("MaxMonitoredItemsPerCall")
-        for chunk in _chunks(requests, per_call):
+        for chunk in chunks(requests, per_call):
             cparams = ua.CreateMonitoredItemsParameters(
                 SubscriptionId=self._subscription_id,
                 ItemsToCreate=[r for _, r in chunk],
@@ -312,7 +312,7 @@ class OpcUaDriver(Driver):
         floats: list[int] = []  # positions of Float (float32) values
         per_call = self._per_call("MaxNodesPerRead")
         convert = convert_data_value
-        for chunk in _chunks(todo, per_call):
+        for chunk in chunks(todo, per_call):
             rparams = ua.ReadParameters(
                 MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
                 NodesToRead=[ua.ReadValueId(NodeId=self._nodeids[i], AttributeId=ua.AttributeIds.Value)
@@ -333,14 +333,14 @@ class OpcUaDriver(Driver):
             except BaseException as exc:
                 raise self._lost(describe_error(exc, self.config.timeout)) from None
             for i, dv in zip(chunk, results, strict=False):
-                vt = _variant_type(dv)
+                vt = variant_type(dv)
                 values[i], quality[i], reason[i], source[i] = convert(dv)
                 values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i], vt)
                 if vt == FLOAT and type(values[i]) is float:
                     floats.append(i)
         return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts, source_ts=source,
-                           float32=_float32_marks(values, floats))
+                           float32=float32_marks(values, floats))
 
     # --- samples -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import structlog
 from linetap.config.devices.opcua import OpcUaDeviceConfig, parse_node_ref
 
 from ..base import DeviceConfigError
-from .client import _chunks
+from .client import chunks
 from .errors import describe_error
 from .types import TypeGuard, expected_kind
 
@@ -58,7 +58,7 @@ async def read_datatypes(client, nodeids: list[Any], per_call: int) -> TypeGuard
 
     types = TypeGuard(len(nodeids))
     todo = [i for i, nid in enumerate(nodeids) if nid is not None]
-    for chunk in _chunks(todo, per_call):
+    for chunk in chunks(todo, per_call):
         nodes = [nodeids[i] for i in chunk]
         try:
             dts = await client.uaclient.read_attributes(nodes, ua.AttributeIds.DataType)
@@ -107,7 +107,7 @@ async def read_units(client, tags: list, nodeids: list[Any], translate_per_call:
     if not todo:
         return units
     eu_ids: list[tuple[int, Any]] = []
-    for chunk in _chunks(todo, translate_per_call):
+    for chunk in chunks(todo, translate_per_call):
         paths = []
         for i in chunk:
             rel = ua.RelativePath(Elements=[ua.RelativePathElement(
@@ -122,7 +122,7 @@ async def read_units(client, tags: list, nodeids: list[Any], translate_per_call:
         for i, res in zip(chunk, results, strict=False):
             if res.StatusCode.is_good() and res.Targets:
                 eu_ids.append((i, res.Targets[0].TargetId))
-    for chunk in _chunks(eu_ids, read_per_call):
+    for chunk in chunks(eu_ids, read_per_call):
         nodeids_eu = [ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType) for _, t in chunk]
         try:
             values = await client.uaclient.read_attributes(nodeids_eu, ua.AttributeIds.Value)

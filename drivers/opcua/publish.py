@@ -4,9 +4,9 @@ asyncua decodes every notification into a MonitoredItemNotification / DataValue 
 datetime objects: ~80% of the agent's CPU per notification at 20k+ notifications/s. The common
 response (DataChangeNotifications of scalar built-in values) is decoded here straight from the
 bytes into (client handle, value, status code, source µs); anything else (events, status
-changes, arrays, other types, picoseconds, odd timestamps) returns None and asyncua decodes the
+changes, arrays, other types, picoseconds, odd timestamps) raises _NotFast and asyncua decodes the
 whole response as before. Values come out as asyncua's decoder gives them (struct formats of
-ua_binary.Primitives, strings decoded the same way), so `_convert_raw` treats both alike.
+ua_binary.Primitives, strings decoded the same way), so `convert_raw` treats both alike.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _EPOCH_1601_US = 11_644_473_600_000_000  # µs from 1601-01-01 (OPC UA DateTime)
 _MAX_TICKS = 2_650_467_743_990_000_000  # asyncua.ua.uatypes.MAX_OPC_FILETIME (from there on asyncua clamps)
 
 
-class _DataChanges:
+class DataChanges:
     """A decoded PublishResponse of data changes. Stands in for both `ua.PublishResponse` and its
     `Parameters` / `NotificationMessage` where asyncua's publish loop reads them (subscription id,
     sequence number; `NotificationData` non-empty = acknowledge), plus the decoded `items`."""
@@ -47,11 +47,11 @@ class _DataChanges:
         self.items = items
 
     @property
-    def Parameters(self) -> _DataChanges:  # noqa: N802 - asyncua's names
+    def Parameters(self) -> DataChanges:  # noqa: N802 - asyncua's names
         return self
 
     @property
-    def NotificationMessage(self) -> _DataChanges:  # noqa: N802
+    def NotificationMessage(self) -> DataChanges:  # noqa: N802
         return self
 
 
@@ -65,7 +65,7 @@ class _NotFast(Exception):
     """The response holds something `_decode_data_changes` leaves to asyncua."""
 
 
-def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> _DataChanges:
+def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> DataChanges:
     """The PublishResult at `raw[pos:]` (after the response header). Raises _NotFast."""
     sub_id = _U32.unpack_from(raw, pos)[0]
     n = _I32.unpack_from(raw, pos + 4)[0]
@@ -132,10 +132,10 @@ def _decode_data_changes(raw: bytes, pos: int, encoding: str) -> _DataChanges:
         if pos != end and i32_from(raw, pos)[0] not in (-1, 0):  # DiagnosticInfos
             raise _NotFast
         pos = end
-    return _DataChanges(sub_id, seq, max(count, 0), items)
+    return DataChanges(sub_id, seq, max(count, 0), items)
 
 
-def _install_fast_publish(session) -> None:
+def install_fast_publish(session) -> None:
     """Replace `session.publish` (asyncua's UaSession, whose publish loop calls it) by one that
     decodes data changes with `_decode_data_changes` and everything else with asyncua."""
     from asyncua import ua

@@ -20,7 +20,7 @@ _POLICY_CLASS = {
 
 
 
-async def _apply_security(client, security: OpcUaSecurity, timeout: float, where: str) -> None:
+async def apply_security(client, security: OpcUaSecurity, timeout: float, where: str) -> None:
     from asyncua import ua
     from asyncua.crypto import security_policies, uacrypto
 

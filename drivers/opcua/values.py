@@ -84,7 +84,7 @@ def convert_value(v: Any) -> tuple[Any, str | None]:
     return p, None
 
 
-def _variant_type(dv) -> int:
+def variant_type(dv) -> int:
     """The built-in type id of a DataValue's Variant (0: Null), with the array bit (0x80)."""
     variant = dv.Value
     if variant is None:
@@ -93,7 +93,7 @@ def _variant_type(dv) -> int:
     return vt | 0x80 if isinstance(variant.Value, list | tuple) else vt
 
 
-def _float32_marks(values: list[Any], floats: list[int]) -> list[bool] | None:
+def float32_marks(values: list[Any], floats: list[int]) -> list[bool] | None:
     """Float values as the shortest decimal of the server's float32 (in place), and the marks for
     `SampleBatch.float32`; None when there is none."""
     if not floats:
@@ -106,7 +106,7 @@ def _float32_marks(values: list[Any], floats: list[int]) -> list[bool] | None:
     return marks
 
 
-def _convert_raw(raw: Any, code: int, src: int | None) -> tuple[Any, int, str | None, int | None]:
+def convert_raw(raw: Any, code: int, src: int | None) -> tuple[Any, int, str | None, int | None]:
     """(value, quality, reason, source_ts) from a decoded value, its StatusCode and source time (µs)."""
     severity = code & 0xC0000000
     if severity >= 0x80000000:
@@ -130,5 +130,5 @@ def convert_data_value(dv) -> tuple[Any, int, str | None, int | None]:
     sc = dv.StatusCode
     variant = dv.Value
     ts = dv.SourceTimestamp or dv.ServerTimestamp
-    return _convert_raw(variant.Value if variant is not None else None, sc.value if sc is not None else 0,
+    return convert_raw(variant.Value if variant is not None else None, sc.value if sc is not None else 0,
                         _us(ts) if ts is not None else None)
