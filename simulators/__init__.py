@@ -10,7 +10,8 @@ from .modbus_server import (
     encode_registers,
     serve_modbus,
 )
-from .opcua_server import NAMESPACE_URI, STATION_OPCUA_TAGS, OpcUaStationServer, serve_opcua
+from .opcua_address_space import NAMESPACE_URI, STATION_OPCUA_TAGS
+from .opcua_server import OpcUaStationServer, serve_opcua
 from .station import (
     DWELL_LIMITS,
     LIMITS,
