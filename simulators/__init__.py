@@ -1,16 +1,16 @@
 """linetap.simulators: a heat-sealing station model, served over Modbus TCP (and later OPC UA)."""
 
-from .modbus_server import (
+from .modbus_register_map import (
     BULK_ADDRESS,
     BULK_COUNT,
     KNOWN_UNCERTAIN_STRING,
     KNOWN_VALUES,
     STATION_TAGS,
-    ModbusStationServer,
     encode_registers,
-    serve_modbus,
 )
-from .opcua_server import NAMESPACE_URI, STATION_OPCUA_TAGS, OpcUaStationServer, serve_opcua
+from .modbus_server import ModbusStationServer, serve_modbus
+from .opcua_address_space import NAMESPACE_URI, STATION_OPCUA_TAGS
+from .opcua_server import OpcUaStationServer, serve_opcua
 from .station import (
     DWELL_LIMITS,
     LIMITS,

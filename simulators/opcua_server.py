@@ -1,24 +1,5 @@
 """The heat-sealing station served over OPC UA (asyncua server), with fault injection for tests.
 
-Address space (namespace `NAMESPACE_URI`; node ids are strings, e.g. `ns=2;s=Sealer1.Temperature`)::
-
-    Objects/
-      Line/                       (folder)
-        Sealer1/                  (object)
-          Temperature   Double   degC  EURange 0..300   seal temperature
-          Pressure      Double   bar   EURange 0..10    seal pressure (0 while idle)
-          DwellTime     Double   s     EURange 0..10    hold time of the last completed unit
-          SerialNumber  String         serial number of the current/last unit
-          OperatorId    String         operator badge
-          CycleActive   Boolean        sealing (ramp + hold)
-          UnitCount     UInt32         completed units
-          State         Int32          0 idle, 1 ramp, 2 hold
-          Setpoint      Double   degC  temperature setpoint
-          Rejects       UInt32         completed units made out of limits
-        Known/                    (folder) one variable per built-in type, fixed values (KNOWN_VALUES)
-        Bulk/                     (folder, only with bulk_count > 0) B00000... Double, i + sin(t + i/10)
-
-Process variables carry EngineeringUnits (EUInformation, UNECE codes) and EURange properties.
 Values are written from the model every `update_interval` seconds (only the ones that changed),
 with SourceTimestamp = the time of the update.
 """
@@ -35,151 +16,20 @@ from typing import Any
 
 import structlog
 from asyncua import Server, ua
-from asyncua.common.utils import ServiceError
-from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.internal_server import InternalServer
-from asyncua.server.internal_session import InternalSession
-from asyncua.server.monitored_item_service import MonitoredItemService
 
+from .opcua_address_space import (
+    NAMESPACE_URI,
+    STATION_VARIABLES,
+    build_decoy,
+    build_station,
+    field_value,
+    write_operation_limits,
+)
+from .opcua_internal_server import PasswordUserManager, SimInternalServer, trusted_ders
 from .served import ServedStation
-from .station import State, StationModel, StationSnapshot
+from .station import StationModel, StationSnapshot
 
 log = structlog.get_logger("linetap.simulators.opcua")
-
-NAMESPACE_URI = "urn:linetap:simulator:heat-sealer"
-
-# (browse name, StationSnapshot field, variant type, unit (UNECE common code, symbol), EURange)
-STATION_VARIABLES: list[tuple[str, str, ua.VariantType, tuple[str, str] | None, tuple[float, float] | None]] = [
-    ("Temperature", "temperature", ua.VariantType.Double, ("CEL", "degC"), (0.0, 300.0)),
-    ("Pressure", "pressure", ua.VariantType.Double, ("BAR", "bar"), (0.0, 10.0)),
-    ("DwellTime", "dwell", ua.VariantType.Double, ("SEC", "s"), (0.0, 10.0)),
-    ("SerialNumber", "serial", ua.VariantType.String, None, None),
-    ("OperatorId", "operator", ua.VariantType.String, None, None),
-    ("CycleActive", "cycle_active", ua.VariantType.Boolean, None, None),
-    ("UnitCount", "unit_count", ua.VariantType.UInt32, None, None),
-    ("State", "state", ua.VariantType.Int32, None, None),
-    ("Setpoint", "setpoint", ua.VariantType.Double, ("CEL", "degC"), (0.0, 300.0)),
-    ("Rejects", "rejects", ua.VariantType.UInt32, None, None),
-]
-
-# Tag-map entries for the station (what `linetap browse` finds, with linetap's tag names).
-STATION_OPCUA_TAGS: list[dict[str, Any]] = [
-    {"name": name, "node": f"nsu={NAMESPACE_URI};s=Sealer1.{browse}", **({"unit": unit[1]} if unit else {})}
-    for browse, name, _, unit, _ in STATION_VARIABLES
-]
-
-_T0 = _dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=_dt.UTC)
-# browse name -> (variant type, served value, value the driver records)
-KNOWN_VALUES: dict[str, tuple[ua.VariantType, Any, Any]] = {
-    "Boolean": (ua.VariantType.Boolean, True, True),
-    "SByte": (ua.VariantType.SByte, -12, -12),
-    "Byte": (ua.VariantType.Byte, 250, 250),
-    "Int16": (ua.VariantType.Int16, -32000, -32000),
-    "UInt16": (ua.VariantType.UInt16, 65000, 65000),
-    "Int32": (ua.VariantType.Int32, -2_000_000_000, -2_000_000_000),
-    "UInt32": (ua.VariantType.UInt32, 4_000_000_000, 4_000_000_000),
-    "Int64": (ua.VariantType.Int64, -(2**62), -(2**62)),
-    "UInt64": (ua.VariantType.UInt64, 2**64 - 2, 2**64 - 2),
-    "Float": (ua.VariantType.Float, 1.743, 1.743),  # read as float32: the shortest decimal, not 1.7430000305175781
-    "Double": (ua.VariantType.Double, 12345.678901234567, 12345.678901234567),
-    "String": (ua.VariantType.String, "Héllo PLC", "Héllo PLC"),
-    "DateTime": (ua.VariantType.DateTime, _T0, "2026-01-02T03:04:05.678000Z"),
-    "ByteString": (ua.VariantType.ByteString, b"\x00\x01\xfe\xff", "0001feff"),
-    "LocalizedText": (ua.VariantType.LocalizedText, ua.LocalizedText("Sealer one", "en"), "Sealer one"),
-    "DoubleArray": (ua.VariantType.Double, [1.0, 2.5, -3.0], "[1.0, 2.5, -3.0]"),
-    "Int32Array": (ua.VariantType.Int32, [1, 2, 3], "[1, 2, 3]"),
-    "StringArray": (ua.VariantType.String, ["a", "b"], '["a", "b"]'),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Operation limits (enforced, for the driver's chunking)
-# --------------------------------------------------------------------------------------------
-
-
-class _LimitedSession(InternalSession):
-    """A session that refuses Read / CreateMonitoredItems / Browse calls above the server's limits."""
-
-    def _check(self, kind: str, n: int) -> None:
-        limit = getattr(self.iserver, "op_limits", {}).get(kind, 0)
-        if limit and n > limit:
-            self.iserver.refused_calls += 1
-            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
-
-    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
-        self._check("MaxNodesPerRead", len(params.NodesToRead))
-        self.iserver.read_calls += 1
-        return await super().read(params)
-
-    async def create_monitored_items(self, params: ua.CreateMonitoredItemsParameters):
-        self._check("MaxMonitoredItemsPerCall", len(params.ItemsToCreate))
-        self.iserver.create_item_calls += 1
-        sub = self.subscription_service.subscriptions.get(params.SubscriptionId)
-        if sub is not None and type(sub.monitored_item_srv) is MonitoredItemService:
-            sub.monitored_item_srv.__class__ = _SimMonitoredItemService  # before the items bind its callback
-        return await super().create_monitored_items(params)
-
-    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
-        self._check("MaxNodesPerBrowse", len(params.NodesToBrowse))
-        return await super().browse(params)
-
-
-class _SimMonitoredItemService(MonitoredItemService):
-    """asyncua's data-change callback, minus a throw-away default `MonitoredItemNotification()`
-    per change (its empty DataValue/Variant guesses a type: a third of the simulator's CPU per
-    change). Same filtering and queueing as `MonitoredItemService.datachange_callback`."""
-
-    async def datachange_callback(self, handle: int, value: ua.DataValue, error: ua.StatusCode | None = None) -> None:
-        if error:
-            await super().datachange_callback(handle, value, error)
-            return
-        mid = self._monitored_datachange[handle]
-        mdata = self._monitored_items[mid]
-        if mdata.mode == ua.MonitoringMode.Disabled:
-            return
-        mdata.mvalue.set_current_datavalue(value)
-        if mdata.filter:
-            passed = self._is_data_changed(mdata.mvalue, mdata.filter.Trigger) and \
-                self._is_deadband_exceeded(mdata.mvalue, mdata.filter)
-        else:
-            passed = self._is_data_changed(mdata.mvalue, ua.DataChangeTrigger.StatusValue)
-        if passed:
-            await self.isub.enqueue_datachange_event(
-                mid, ua.MonitoredItemNotification(ClientHandle=mdata.client_handle, Value=value), mdata.queue_size)
-
-
-class _SimInternalServer(InternalServer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.op_limits: dict[str, int] = {}
-        self.refused_calls = 0
-        self.read_calls = 0
-        self.create_item_calls = 0
-
-    def create_session(self, name: str, user: User | None = None, external: bool = False) -> InternalSession:
-        user = user if user is not None else User(role=UserRole.Anonymous)
-        if not external:
-            return super().create_session(name, user=user, external=external)
-        return _LimitedSession(self, self.aspace, self.subscription_service, name, user=user, external=external)
-
-
-class _PasswordUserManager:
-    def __init__(self, users: dict[str, str], allow_anonymous: bool) -> None:
-        self.users = users
-        self.allow_anonymous = allow_anonymous
-
-    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
-                 certificate: Any = None) -> User | None:
-        if username is None:
-            return User(role=UserRole.User) if self.allow_anonymous else None
-        if username in self.users and self.users[username] == password:
-            return User(role=UserRole.User, name=username)
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# The server
-# --------------------------------------------------------------------------------------------
 
 
 class OpcUaStationServer(ServedStation):
@@ -236,7 +86,7 @@ class OpcUaStationServer(ServedStation):
         self.decoy_namespace = decoy_namespace
         self.decoy_ns: int | None = None
         self._server: Server | None = None
-        self._iserver: _SimInternalServer | None = None
+        self._iserver: SimInternalServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._bulk_task: asyncio.Task[None] | None = None
         self.ns: int = 2
@@ -274,8 +124,8 @@ class OpcUaStationServer(ServedStation):
         if self._server is not None:
             return
         port = self._port if self._port is not None else self._requested_port
-        user_manager = _PasswordUserManager(self.users, allow_anonymous=False) if self.users else None
-        iserver = _SimInternalServer(user_manager=user_manager)
+        user_manager = PasswordUserManager(self.users, allow_anonymous=False) if self.users else None
+        iserver = SimInternalServer(user_manager=user_manager)
         server = Server(iserver=iserver)
         await server.init()
         server.set_endpoint(f"opc.tcp://{self.host}:{port}")
@@ -303,7 +153,7 @@ class OpcUaStationServer(ServedStation):
             server.set_certificate_validator(CertificateValidator(
                 CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store))
         if self.trust_dir is not None and self.reject_untrusted_at in ("channel", "channel_fault"):
-            iserver.channel_trust = _trusted_ders(Path(self.trust_dir))
+            iserver.channel_trust = trusted_ders(Path(self.trust_dir))
             iserver.channel_reply = "fault" if self.reject_untrusted_at == "channel_fault" else "error"
         from linetap.simulators import opcua_hooks
 
@@ -315,9 +165,9 @@ class OpcUaStationServer(ServedStation):
         if self.decoy_namespace is not None:
             # registered first, so a path without a namespace finds the decoy's nodes first
             self.decoy_ns = await server.register_namespace(self.decoy_namespace)
-            await self._build_decoy(server)
-        await self._build(server)
-        await self._write_limits(server)
+            await build_decoy(server, self.decoy_ns, self.model)
+        self._nodes, self._bulk_nodes = await build_station(server, self.ns, self.model, self.bulk_count)
+        await write_operation_limits(server, self.operation_limits)
         iserver.op_limits = dict(self.operation_limits)
         await server.start()
         self._server, self._iserver = server, iserver
@@ -347,57 +197,6 @@ class OpcUaStationServer(ServedStation):
         await asyncio.sleep(0)
 
 
-    # --- address space ---------------------------------------------------------------------
-
-    async def _build(self, server: Server) -> None:
-        ns = self.ns
-        objects = server.nodes.objects
-        line = await objects.add_folder(ua.NodeId("Line", ns), ua.QualifiedName("Line", ns))
-        sealer = await line.add_object(ua.NodeId("Sealer1", ns), ua.QualifiedName("Sealer1", ns))
-        self._nodes = {}
-        snap = self.model.snapshot()
-        for browse, field, vtype, unit, eurange in STATION_VARIABLES:
-            nid = ua.NodeId(f"Sealer1.{browse}", ns)
-            var = await sealer.add_variable(nid, ua.QualifiedName(browse, ns),
-                                            ua.Variant(_field_value(snap, field), vtype))
-            if unit is not None:
-                await var.add_property(ua.NodeId(f"Sealer1.{browse}.EngineeringUnits", ns),
-                                       ua.QualifiedName("EngineeringUnits", 0), _eu_information(*unit))
-            if eurange is not None:
-                await var.add_property(ua.NodeId(f"Sealer1.{browse}.EURange", ns), ua.QualifiedName("EURange", 0),
-                                       ua.Range(Low=eurange[0], High=eurange[1]))
-            self._nodes[browse] = nid
-        known = await line.add_folder(ua.NodeId("Known", ns), ua.QualifiedName("Known", ns))
-        for browse, (vtype, value, _) in KNOWN_VALUES.items():
-            var = await known.add_variable(ua.NodeId(f"Known.{browse}", ns), ua.QualifiedName(browse, ns),
-                                           ua.Variant(value, vtype))
-            if isinstance(value, list):
-                await var.write_value_rank(1)
-                await var.write_array_dimensions([0])
-        self._bulk_nodes = []
-        if self.bulk_count:
-            bulk = await line.add_folder(ua.NodeId("Bulk", ns), ua.QualifiedName("Bulk", ns))
-            for i in range(self.bulk_count):
-                nid = ua.NodeId(f"Bulk.B{i:05d}", ns)
-                await bulk.add_variable(nid, ua.QualifiedName(f"B{i:05d}", ns), ua.Variant(float(i), ua.VariantType.Double))
-                self._bulk_nodes.append(nid)
-
-    async def _build_decoy(self, server: Server) -> None:
-        """A second namespace with the same browse names Line/Sealer1/<variable> (fixed values):
-        another vendor's object model on the same server, as in a gateway or an aggregating server."""
-        ns = self.decoy_ns
-        line = await server.nodes.objects.add_folder(ua.NodeId("Line", ns), ua.QualifiedName("Line", ns))
-        sealer = await line.add_object(ua.NodeId("Sealer1", ns), ua.QualifiedName("Sealer1", ns))
-        snap = self.model.snapshot()
-        for browse, field, vtype, _unit, _range in STATION_VARIABLES:
-            await sealer.add_variable(ua.NodeId(f"Decoy.{browse}", ns), ua.QualifiedName(browse, ns),
-                                      ua.Variant(_field_value(snap, field), vtype))
-
-    async def _write_limits(self, server: Server) -> None:
-        for name, value in self.operation_limits.items():
-            nid = ua.NodeId(getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{name}"))
-            await server.write_attribute_value(nid, ua.DataValue(ua.Variant(int(value), ua.VariantType.UInt32)))
-
     # --- serving ---------------------------------------------------------------------------
 
     def snapshot(self) -> StationSnapshot:
@@ -420,7 +219,7 @@ class OpcUaStationServer(ServedStation):
         for browse, field, vtype, _, _ in STATION_VARIABLES:
             if browse in self._frozen:
                 continue
-            value = _field_value(snap, field)
+            value = field_value(snap, field)
             status = self._status.get(browse, ua.StatusCodes.Good)
             if self._served.get(browse) == (value, status):
                 continue
@@ -550,36 +349,6 @@ class _SharedDataValue(ua.DataValue):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedDataValue:
         return self
-
-
-def _trusted_ders(folder: Path) -> set[bytes]:
-    """The DER bytes of every certificate (DER or PEM) in `folder`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    ders: set[bytes] = set()
-    for f in folder.iterdir():
-        data = f.read_bytes()
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            ders.add(x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER))
-        elif data:
-            ders.add(data)
-    return ders
-
-
-def _field_value(snap: StationSnapshot, field: str) -> Any:
-    value = getattr(snap, field)
-    if isinstance(value, State):
-        return int(value)
-    return value
-
-
-def _eu_information(code: str, symbol: str) -> ua.EUInformation:
-    unit_id = 0
-    for ch in code.ljust(3)[:3]:  # UNECE common code as the OPC UA UnitId (Part 8, 5.6.3)
-        unit_id = (unit_id << 8) | ord(ch)
-    return ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact", UnitId=unit_id,
-                            DisplayName=ua.LocalizedText(symbol), Description=ua.LocalizedText(symbol))
 
 
 async def serve_opcua(

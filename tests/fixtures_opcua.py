@@ -16,7 +16,8 @@ from linetap.agent.cli.certs import create_certificate
 from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import SampleBatch
-from linetap.simulators.opcua_server import STATION_OPCUA_TAGS, OpcUaStationServer
+from linetap.simulators.opcua_address_space import STATION_OPCUA_TAGS
+from linetap.simulators.opcua_server import OpcUaStationServer
 from linetap.simulators.station import StationModel
 
 __all__ = ["collect", "make_driver", "opcua_pki", "opcua_sim", "station_config"]

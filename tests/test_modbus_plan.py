@@ -140,8 +140,8 @@ def test_every_known_value_decodes_from_its_registers_offline() -> None:
     assert len(blocks) == 1
     regs = [0] * blocks[0].count
     base = blocks[0].address
-    from linetap.simulators.modbus_server import _KNOWN_REGISTERS
-    for addr, word in _KNOWN_REGISTERS["holding"].items():
+    from linetap.simulators.modbus_register_map import KNOWN_REGISTERS
+    for addr, word in KNOWN_REGISTERS["holding"].items():
         if base <= addr < base + len(regs):
             regs[addr - base] = word
     got = decode(config, regs)

@@ -16,7 +16,7 @@ from linetap.config.loader import load_config
 from linetap.drivers import DeviceConfigError, DeviceUnreachable
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import Quality
-from linetap.simulators.opcua_server import KNOWN_VALUES, NAMESPACE_URI, STATION_VARIABLES
+from linetap.simulators.opcua_address_space import KNOWN_VALUES, NAMESPACE_URI, STATION_VARIABLES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,8 @@ from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary, struct_
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.drivers.opcua import OpcUaDriver, _convert_raw, _decode_data_changes, _NotFast, _variant_type
+from linetap.drivers.opcua.publish import _decode_data_changes, _NotFast
+from linetap.drivers.opcua.values import convert_data_value, convert_raw, variant_type
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,10 +82,10 @@ def test_scalar_data_changes_decode_like_asyncua():
     assert fast.SubscriptionId == slow.SubscriptionId == 7
     assert fast.SequenceNumber == slow.NotificationMessage.SequenceNumber == 42
     assert len(fast.NotificationData) == len(slow.NotificationMessage.NotificationData) == 2
-    expected = [(item.ClientHandle, OpcUaDriver._convert_dv(item.Value))
+    expected = [(item.ClientHandle, convert_data_value(item.Value))
                 for notif in slow.NotificationMessage.NotificationData for item in notif.MonitoredItems]
-    got = [(h, _convert_raw(v, code, src)) for h, v, code, src, _ in fast.items]
-    assert [vt for *_, vt in fast.items] == [_variant_type(item.Value) for notif in
+    got = [(h, convert_raw(v, code, src)) for h, v, code, src, _ in fast.items]
+    assert [vt for *_, vt in fast.items] == [variant_type(item.Value) for notif in
                                              slow.NotificationMessage.NotificationData for item in notif.MonitoredItems]
     assert len(got) == len(expected) == len(SCALARS) + 3
     for (h1, r1), (h2, r2) in zip(got, expected, strict=True):

@@ -14,7 +14,8 @@ from linetap.drivers import DeviceUnreachable, DriverError, create_driver
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.drivers.samples import Quality, SampleBatch, now_us
 from linetap.simulators.net import free_port
-from linetap.simulators.opcua_server import KNOWN_VALUES, NAMESPACE_URI, OpcUaStationServer
+from linetap.simulators.opcua_address_space import KNOWN_VALUES, NAMESPACE_URI
+from linetap.simulators.opcua_server import OpcUaStationServer
 from linetap.simulators.station import StationModel
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,7 @@ import pytest
 from agent_helpers import line_config, payloads, running_agent
 from fixtures_opcua import *  # noqa: F401,F403
 
-from linetap.simulators.opcua_server import STATION_OPCUA_TAGS
+from linetap.simulators.opcua_address_space import STATION_OPCUA_TAGS
 
 pytestmark = pytest.mark.timeout(60)
 

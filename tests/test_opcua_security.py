@@ -198,7 +198,7 @@ async def test_agent_reports_the_rejection_in_the_event_and_bad_samples(tmp_path
     """The agent end to end: the device_state event and the bad samples carry the cause and the fix."""
     from agent_helpers import line_config, payloads, running_agent
 
-    from linetap.simulators.opcua_server import STATION_OPCUA_TAGS
+    from linetap.simulators.opcua_address_space import STATION_OPCUA_TAGS
 
     device = {"protocol": "opcua", "name": "sealer1", "endpoint": strict_sim.endpoint, "timeout": "2s",
               "tags": STATION_OPCUA_TAGS, "security": _rogue(opcua_pki)}

@@ -19,7 +19,7 @@ import pytest
 from linetap.config.devices.opcua import OpcUaDeviceConfig
 from linetap.drivers.opcua import OpcUaDriver
 from linetap.simulators.net import free_port
-from linetap.simulators.opcua_server import NAMESPACE_URI
+from linetap.simulators.opcua_address_space import NAMESPACE_URI
 
 
 def _start_simulator(port: int, items: int, interval: float) -> subprocess.Popen:

@@ -7,7 +7,7 @@ from asyncua import ua
 from fixtures_opcua import *  # noqa: F401,F403
 from fixtures_opcua import collect, make_driver
 
-from linetap.drivers.opcua_types import TypeGuard
+from linetap.drivers.opcua.types import TypeGuard
 from linetap.drivers.samples import Quality
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from linetap.config.devices.opcua import OpcUaSecurity, parse_node_ref
-from linetap.drivers.opcua import open_client, read_operation_limits
+from linetap.drivers.opcua.client import open_client, read_operation_limits
 
 from .common import EXIT_CONFIG, EXIT_RUNTIME, app
 
@@ -96,13 +96,13 @@ async def browse_async(
         raise
     except Exception as exc:
         from linetap.drivers import DeviceUnreachable
-        from linetap.drivers.opcua import describe_error
+        from linetap.drivers.opcua.errors import describe_error
 
         raise DeviceUnreachable(f"browsing {endpoint}: {describe_error(exc, timeout)}") from None
     finally:
-        from linetap.drivers.opcua import _quiet_disconnect
+        from linetap.drivers.opcua.client import quiet_disconnect
 
-        await _quiet_disconnect(client)
+        await quiet_disconnect(client)
     return _yaml(endpoint, root, depth, ns_array, variables, types, ranks, units)
 
 
@@ -130,7 +130,7 @@ async def _resolve_root(client, root: str | None, ns_array: list[str]):
             return ua.NodeId(ref.Identifier, ns_array.index(uri), ref.NodeIdType)
         return ua.NodeId(ref.Identifier, ref.NamespaceIndex, ref.NodeIdType)
     current = ua.NodeId(ua.ObjectIds.ObjectsFolder)
-    from linetap.drivers.opcua_identity import ambiguity, path_text
+    from linetap.drivers.opcua.identity import ambiguity, path_text
 
     for k, (ns, name) in enumerate(ref, 1):
         children = await client.get_node(current).get_children_descriptions()
@@ -226,7 +226,7 @@ def _yaml(endpoint: str, root: str | None, depth: int, ns_array: list[str], vari
     ]
     if not variables:
         lines[-1] = "tags: []"
-    from linetap.drivers.opcua_identity import duplicate_paths
+    from linetap.drivers.opcua.identity import duplicate_paths
 
     dups = duplicate_paths(variables)
     if dups:

@@ -1,4 +1,5 @@
-"""OPC UA connect errors in words: what the server refused, why, and what to change.
+"""OPC UA errors in words: one line for an asyncua / OS exception (`describe_error`), and for a
+refused connect what the server refused, why, and what to change.
 
 asyncua loses the server's reason in some refusals: an OPC UA ErrorMessage in answer to
 OpenSecureChannel (how open62541, Prosys and most PLC servers refuse an untrusted client
@@ -12,8 +13,63 @@ error) into one sentence naming the cause and the fix.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
+
+from ..base import DriverError, describe_os_error
+
+_HINTS = {
+    "BadUserAccessDenied": "wrong user or password",
+    "BadIdentityTokenInvalid": "user identity not accepted (wrong user, password or token type)",
+    "BadIdentityTokenRejected": "wrong user or password",
+    "BadCertificateUntrusted": "the server does not trust this client's certificate: add it to the server's "
+    "trusted certificates",
+    "BadSecurityChecksFailed": "security checks failed: the server rejected this client's certificate "
+    "(not trusted?) or the keys do not match",
+    "BadCertificateUriInvalid": "the application URI in the certificate does not match",
+    "BadCertificateTimeInvalid": "certificate expired or not yet valid",
+    "BadCertificateUseNotAllowed": "certificate not usable for this purpose (key usage)",
+    "BadSecurityPolicyRejected": "security policy not accepted by the server",
+    "BadSecurityModeRejected": "security mode not accepted by the server",
+    "BadTooManySessions": "the server has no free session",
+    "BadSessionIdInvalid": "session no longer valid on the server",
+    "BadSessionClosed": "session closed by the server",
+    "BadTimeout": "the server did not answer in time",
+    "BadServerHalted": "server halted",
+    "BadShutdown": "server shutting down",
+    "BadNodeIdUnknown": "no such node on the server",
+    "BadTcpEndpointUrlInvalid": "endpoint URL path not served",
+}
+
+
+def status_name(code: int) -> str:
+    from asyncua import ua
+
+    try:
+        return ua.StatusCode(code).name
+    except Exception:
+        return f"0x{code:08X}"
+
+
+def describe_error(exc: BaseException, timeout: float | None = None) -> str:
+    """One line for the engineer: the cause of an asyncua / OS exception."""
+    from asyncua import ua
+    from asyncua.common.utils import ServiceError
+
+    if isinstance(exc, DriverError):
+        return str(exc)
+    if isinstance(exc, ua.UaStatusCodeError | ServiceError):
+        name = status_name(getattr(exc, "code", 0))
+        hint = _HINTS.get(name)
+        return f"{name}: {hint}" if hint else name
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or (isinstance(exc, OSError) and exc.errno):
+        text = describe_os_error(exc, timeout, peer="server")
+        if text == "connection refused":
+            return "connection refused (is the server running, and the host and port right?)"
+        return text
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 # status names whose cause is the client certificate as seen by the server
 _CLIENT_CERT_REJECTED = {"BadSecurityChecksFailed", "BadCertificateUntrusted", "BadCertificateInvalid",
@@ -77,8 +133,6 @@ def _channel_fault(msg: Any) -> Any:
 def status_of(exc: BaseException | None, seen: dict[str, Any]) -> str | None:
     """The status name behind a failed connect: the exception's own, else a recorded ErrorMessage."""
     from asyncua import ua
-
-    from linetap.drivers.opcua import status_name
 
     if isinstance(exc, ua.UaStatusCodeError):
         return status_name(getattr(exc, "code", 0))
