@@ -232,5 +232,13 @@ def print_libmodbus_table(results: list[Result], out=print) -> None:
         if r.values.get("agent_profile"):
             from .report import summarize_profile
 
-            out(f"\n### linetap agent profile against the C server\n```\n"
-                f"{summarize_profile(Path(r.values['agent_profile']), top=15)}\n```")
+            from .report import profile_stages
+
+            v = r.values
+            out(f"\n### linetap agent under py-spy against the C server: CPU per sample read, by stage "
+                f"({v['cpu_agent']:.2f} cores at {v['read']:,.0f} samples/s read)")
+            out("| stage | share of busy samples | µs CPU / sample |")
+            out("|---|---|---|")
+            for stage, share, us in profile_stages(Path(v["agent_profile"]), v["cpu_agent"], v["read"]):
+                out(f"| {stage} | {100 * share:.1f}% | {us:.2f} |")
+            out(f"\n```\n{summarize_profile(Path(v['agent_profile']), top=15)}\n```")

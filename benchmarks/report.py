@@ -139,3 +139,43 @@ def print_table(results: list[Result], out=print) -> None:
         from .opcua_bench import print_opcua_table
 
         print_opcua_table(results, out)
+
+
+# Which stage of the telemetry path a py-spy stack is in: the first rule whose marker is in the stack.
+STAGE_RULES = (
+    ("append (DuckDB, buffer thread)", ("append_telemetry", "_insert_arrow")),
+    ("buffer read (DuckDB, buffer thread)", ("read_telemetry",)),
+    ("cursor writes (DuckDB, buffer thread)", ("DuckDBBuffer.ack",)),
+    ("decode (registers -> columns)", ("decode_block",)),
+    ("batch -> Arrow", ("to_arrow",)),
+    ("capture", ("CaptureEngine.feed",)),
+    ("encode (JSON envelope)", ("encode_telemetry", "telemetry_chunk", "telemetry_rows")),
+    ("publish (paho)", ("paho-mqtt-client", "paho/", "_send_queued")),
+    ("pymodbus (request, reply, socket)", ("pymodbus/", "ModbusDriver._request", "selector_events.py")),
+)
+IDLE_LEAVES = ("EpollSelector.select", "select (selectors.py", "_worker (concurrent/futures/thread.py:81)")
+
+
+def profile_stages(raw: Path, cpu_cores: float, samples_per_s: float) -> list[tuple[str, float, float]]:
+    """(stage, share of the agent's busy samples, µs of CPU per sample read) from py-spy raw stacks.
+    Waiting (epoll, an idle worker thread) is left out; the agent's measured CPU is spread over the
+    stages by their share of the busy samples."""
+    counts: dict[str, int] = {}
+    busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        if leaf.startswith(IDLE_LEAVES):
+            continue
+        n = int(count)
+        busy += n
+        stage = next((name for name, marks in STAGE_RULES if any(m in stack for m in marks)),
+                     "other (event loop, runtime, forwarder)")
+        counts[stage] = counts.get(stage, 0) + n
+    if not busy or not samples_per_s:
+        return []
+    per_sample = cpu_cores * 1e6 / samples_per_s
+    order = [name for name, _ in STAGE_RULES] + ["other (event loop, runtime, forwarder)"]
+    return [(s, counts[s] / busy, counts[s] / busy * per_sample) for s in order if s in counts]
