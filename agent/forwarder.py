@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,12 +36,21 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.encoders import Encoder, encoder_for
-from linetap.agent.mqtt_client import CONNECT_TIMEOUT, mqtt_client
+from linetap.agent.mqtt_client import (
+    CONNECT_TIMEOUT,
+    ConnectionLost,
+    SocketErrors,
+    close_quietly,
+    describe_connection_error,
+    loss_reason,
+    mqtt_client,
+    reason_words,
+)
+from linetap.agent.status_file import ForwarderStats
 from linetap.agent.topics import STREAMS
 from linetap.buffers import BufferWriteFailed
 from linetap.buffers.records import StoredRecord
 from linetap.config.secrets import FileProblem
-from linetap.drivers.base import describe_os_error
 from linetap.drivers.samples import now_us
 
 log = structlog.get_logger("linetap.forwarder")
@@ -53,19 +61,6 @@ READ_RETRY = 1.0  # s: between reads of a buffer whose reads fail (a full disk)
 IDLE_RECHECK = 1.0  # s: look at the buffer even without notify() (safety net, not the normal path)
 SHUTDOWN_DRAIN = 2.0  # s: on stop, how long to wait for in-flight PUBACKs (and the `offline` status's)
 SHUTDOWN_DISCONNECT = 2.0  # s: on stop, how long to wait for the DISCONNECT to be written
-
-
-@dataclass
-class ForwarderStats:
-    connected: bool = False
-    broker: str = ""
-    messages_sent: int = 0  # publishes, re-sends included
-    samples_sent: int = 0  # telemetry samples in those publishes
-    resent: int = 0  # messages re-sent after a reconnect
-    acked: dict[str, int] = field(default_factory=dict)  # stream -> acknowledged seq (the cursor)
-    inflight: int = 0  # messages taken from the buffer and not yet acknowledged
-    reconnects: int = 0  # successful connections after the first
-    last_error: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -80,27 +75,6 @@ class _Out:
     samples: int = 0
     acked: bool = False
     sent: bool = False  # sent at least once (for the `resent` statistic)
-
-
-class _ConnectionLost(Exception):
-    pass
-
-
-class _SocketErrors:
-    """Stands in for paho's logger (`client.logger`): paho logs the OSError of a failed socket
-    read or write and then reports only "connection lost"; keep the error for the loss reason.
-    One method call per paho log line, no formatting."""
-
-    __slots__ = ("error",)
-
-    def __init__(self) -> None:
-        self.error: OSError | None = None
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        if level >= logging.ERROR:
-            for arg in args:
-                if isinstance(arg, OSError):
-                    self.error = arg
 
 
 class MQTTForwarder:
@@ -175,7 +149,7 @@ class MQTTForwarder:
                         break
                     self._take(_Out(stream, r.seq, r.seq, *self.encoder.record(r, sent_at)))
             self._send_queued()
-        except _ConnectionLost:
+        except ConnectionLost:
             pass  # the pump sees the loss; what was taken is re-sent after the reconnect
         self.notify()
 
@@ -197,8 +171,8 @@ class MQTTForwarder:
                     await self._connect()
                 except Exception as exc:  # noqa: BLE001 (unreachable, refused, TLS, bad files: retry, never crash)
                     await self._teardown()
-                    self.stats.last_error = _describe(exc)
-                    if not isinstance(exc, OSError | TimeoutError | _ConnectionLost | FileProblem):
+                    self.stats.last_error = describe_connection_error(exc)
+                    if not isinstance(exc, OSError | TimeoutError | ConnectionLost | FileProblem):
                         log.exception("mqtt connect failed unexpectedly", broker=self.stats.broker)
                     delay = backoff.next()
                     if not retrying:
@@ -222,8 +196,8 @@ class MQTTForwarder:
                          resending=len(self._to_send), cursors=dict(self._acked))
                 try:
                     await self._pump()
-                except _ConnectionLost as exc:
-                    self.stats.last_error = _describe(exc)
+                except ConnectionLost as exc:
+                    self.stats.last_error = describe_connection_error(exc)
                 self.stats.connected = False
                 log.warning("mqtt connection lost", broker=self.stats.broker, error=self.stats.last_error,
                             unacknowledged=self._unacked, cursors=dict(self._acked))
@@ -244,13 +218,13 @@ class MQTTForwarder:
         # reconnecting is ours: a new client each time
         client = mqtt_client(self.mqtt, self.client_id, window=self.window)
         client.will_set(*self.encoder.status("offline", now_us()), qos=1, retain=True)
-        socket_errors = _SocketErrors()
+        socket_errors = SocketErrors()
         client.logger = socket_errors
 
         loop = self._loop
         client.on_connect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(self._on_connack, c, rc)
         client.on_disconnect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(
-            self._on_disconnect, c, self._loss_reason(flags, rc, socket_errors.error))
+            self._on_disconnect, c, loss_reason(flags, rc, socket_errors.error, self.mqtt.keepalive))
         client.on_publish = self._on_publish_thread
         return client
 
@@ -269,18 +243,18 @@ class MQTTForwarder:
             await asyncio.shield(connect)
         except asyncio.CancelledError:
             # the blocking connect finishes in its thread; close whatever it opened
-            connect.add_done_callback(lambda _f: _close_quietly(client))
+            connect.add_done_callback(lambda _f: close_quietly(client))
             raise
         client.loop_start()
         done, _ = await asyncio.wait({self._connack, self._lost}, timeout=CONNECT_TIMEOUT,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._connack not in done:
             if self._lost.done():
-                raise _ConnectionLost(f"{self._lost.result()} before CONNACK")
-            raise _ConnectionLost(f"no CONNACK from the broker within {CONNECT_TIMEOUT:g}s")
+                raise ConnectionLost(f"{self._lost.result()} before CONNACK")
+            raise ConnectionLost(f"no CONNACK from the broker within {CONNECT_TIMEOUT:g}s")
         rc = self._connack.result()
         if rc.is_failure:
-            raise _ConnectionLost(f"broker refused the connection: {_reason_words(rc)}")
+            raise ConnectionLost(f"broker refused the connection: {reason_words(rc)}")
         # online, retained; then the messages the previous connection left unacknowledged, in
         # stream priority and seq order, then new ones
         self._status_mid = None
@@ -296,21 +270,6 @@ class MQTTForwarder:
         if client is self._client and self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
             self._wake.set()
-
-    def _loss_reason(self, flags, rc, socket_error: OSError | None) -> str:
-        """Why paho's connection ended, in words (paho's network thread)."""
-        name = getattr(rc, "getName", lambda: str(rc))()
-        if getattr(flags, "is_disconnect_packet_from_server", False):
-            return f"the broker disconnected the agent: {_reason_words(rc)}"
-        if name == "Keep alive timeout":
-            return f"no answer from the broker within the keepalive ({self.mqtt.keepalive:g}s)"
-        if name == "Success":
-            return "disconnected by the agent"
-        if socket_error is not None:
-            return describe_os_error(socket_error, peer="broker")
-        if name == "Unspecified error":  # paho's word for a connection lost without a socket error
-            return "connection closed by the broker"
-        return _reason_words(rc)
 
     def _on_publish_thread(self, client, userdata, mid, rc, properties) -> None:
         # paho's network thread: hand over, one loop wake-up per burst of acks
@@ -355,7 +314,7 @@ class MQTTForwarder:
         self.stats.connected = False
         if client is None:
             return
-        _close_quietly(client)
+        close_quietly(client)
         await asyncio.to_thread(client.loop_stop)
         self._drain_acks()  # PUBACKs that arrived before the loss still count: fewer re-sends
         self._client = None
@@ -408,7 +367,7 @@ class MQTTForwarder:
 
     def _raise_if_lost(self) -> None:
         if self._lost is not None and self._lost.done():
-            raise _ConnectionLost(str(self._lost.result()))
+            raise ConnectionLost(str(self._lost.result()))
 
     async def _fill(self) -> None:
         """Take messages from the buffer while the window has room: events, units, telemetry."""
@@ -476,7 +435,7 @@ class MQTTForwarder:
             words = mqtt.error_string(rc).rstrip(".")
             if self._lost is not None and not self._lost.done():
                 self._lost.set_result(f"publish failed: {words}")
-            raise _ConnectionLost(f"publish {what}: {words}")
+            raise ConnectionLost(f"publish {what}: {words}")
 
     async def _flush_cursors(self, force: bool = False) -> None:
         """Store the cursors: at most every CURSOR_FLUSH_INTERVAL, or at once when nothing is in flight."""
@@ -502,7 +461,7 @@ class MQTTForwarder:
         try:
             if client is not None and self.stats.connected and not self._lost.done():
                 self._status_acked = asyncio.Event()
-                with contextlib.suppress(_ConnectionLost):
+                with contextlib.suppress(ConnectionLost):
                     self._send_queued()
                     info = client.publish(*self.encoder.status("offline", now_us()), qos=1, retain=True)
                     self._status_mid = info.mid
@@ -533,29 +492,3 @@ class MQTTForwarder:
         if not done:
             log.warning("mqtt DISCONNECT not sent in time; the broker may publish the last will",
                         broker=self.stats.broker, waited=f"{SHUTDOWN_DISCONNECT:g}s")
-
-
-def _close_quietly(client: mqtt.Client) -> None:
-    with contextlib.suppress(Exception):
-        client.disconnect()
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(Exception):
-            sock.close()
-
-
-def _reason_words(rc: Any) -> str:
-    """A paho ReasonCode (MQTT 5, or 3.1.1 CONNACK codes mapped to it) as the broker's words."""
-    name = getattr(rc, "getName", None)
-    text = name() if name is not None else str(rc)
-    value = getattr(rc, "value", None)
-    return f"{text[:1].lower()}{text[1:]} (reason code {value})" if value is not None else text
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _ConnectionLost):
-        return str(exc) or "connection lost"
-    if isinstance(exc, OSError | TimeoutError):
-        return describe_os_error(exc, CONNECT_TIMEOUT, peer="broker")
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import os
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import structlog
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
 from linetap.agent.sidecar import sidecar_path, write_sidecar
+from linetap.agent.status_file import AgentStats, DeviceStatus, status_path, write_status_file
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferDamaged, BufferWriteFailed, keep_copies
 from linetap.buffers.records import Event
 from linetap.config.models import LineConfig
@@ -45,33 +43,12 @@ _FLUSH_SAMPLES = 50_000  # commit early when this many samples wait, whatever th
 WRITE_RETRY = 1.0
 
 
-@dataclass
-class DeviceStatus:
-    state: str = "starting"  # starting | connected | lost
-    since: int = 0
-    reason: str | None = None
-    batches: int = 0
-    samples: int = 0
-    last_batch: SampleBatch | None = None  # the latest committed read (for live views; no per-sample copy)
-    counters: dict[str, int] = field(default_factory=dict)  # the driver's own (e.g. rejected replies), live
-
-
 @dataclass(frozen=True, slots=True)
 class _Captured:
     """What the unit capture made of one batch: finished unit records and events."""
 
     units: list[dict[str, Any]]
     events: list[Event]
-
-
-@dataclass
-class AgentStats:
-    units: int = 0
-    samples_read: int = 0  # produced by the device loops (all-bad samples of a lost device included)
-    samples_buffered: int = 0
-    commits: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    devices: dict[str, DeviceStatus] = field(default_factory=dict)
 
 
 class Agent:
@@ -442,6 +419,10 @@ class Agent:
                 log.debug("housekeeping skipped: buffer cannot be written", cause=exc.cause)
             await asyncio.sleep(2.0)
 
+    async def _write_status_file(self) -> None:
+        await write_status_file(self.status_file, self.config.agent.id, self.buffer, SINK, self.stats.devices,
+                                self.forwarder.stats if self.forwarder is not None else None)
+
     async def _housekeep(self, over_cap: bool, last_purge: float) -> tuple[bool, float]:
         await self._write_status_file()
         cap = await self.buffer.enforce_cap(self.config.buffer.max_size, SINK)
@@ -467,28 +448,6 @@ class Agent:
                 log.info("retention purge", **{f"deleted_{k}": v for k, v in deleted.items()})
         return over_cap, last_purge
 
-    async def _write_status_file(self) -> None:
-        """The buffer file is locked while the agent runs; `linetap status` reads this instead."""
-        with contextlib.suppress(Exception):
-            streams = await self.buffer.stats(SINK)
-            doc = {
-                "agent": self.config.agent.id,
-                "pid": os.getpid(),
-                "written_at": now_us(),
-                "buffer": str(self.config.buffer.path),
-                "file_size": await self.buffer.file_size(),
-                "gaps": await self.buffer.gaps(),
-                "streams": [dataclasses.asdict(s) for s in streams],
-                "devices": {n: {"state": d.state, "reason": d.reason, "samples": d.samples,
-                                **({"counters": dict(d.counters)} if d.counters else {})}
-                            for n, d in self.stats.devices.items()},
-                "mqtt": dataclasses.asdict(self.forwarder.stats) if self.forwarder is not None else None,
-            }
-            tmp = self.status_file.with_name(self.status_file.name + ".tmp")
-            tmp.write_bytes(orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2))
-            tmp.replace(self.status_file)
-
-
 async def _cancel_all(tasks: list[asyncio.Task]) -> None:
     """Cancel and wait, cancelling again while any is left: on Python 3.11 a library's
     `asyncio.wait_for` can swallow a cancellation that lands together with its result."""
@@ -504,7 +463,3 @@ def _free_bytes(path: Path) -> int | None:
         return shutil.disk_usage(path.parent).free
     except OSError:
         return None
-
-
-def status_path(config: LineConfig) -> Path:
-    return config.buffer.path.with_name(config.buffer.path.name + ".status.json")

@@ -230,9 +230,7 @@ def print_libmodbus_table(results: list[Result], out=print) -> None:
         if r.values.get("agent_stop") not in (None, "clean"):
             out(f"- {r.name}: agent {r.values['agent_stop']}")
         if r.values.get("agent_profile"):
-            from .report import summarize_profile
-
-            from .report import profile_stages
+            from .report import profile_stages, summarize_profile
 
             v = r.values
             out(f"\n### linetap agent under py-spy against the C server: CPU per sample read, by stage "

@@ -53,7 +53,7 @@ def _from_buffer(cfg: LineConfig) -> dict[str, Any]:
 
 
 def print_status(cfg: LineConfig) -> int:
-    from linetap.agent.runtime import status_path
+    from linetap.agent.status_file import status_path
     from linetap.buffers import BufferError
 
     status_file = status_path(cfg)
