@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pyarrow as pa
 import structlog
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -47,6 +48,7 @@ from linetap.agent.mqtt_client import (
     reason_words,
 )
 from linetap.agent.status_file import ForwarderStats
+from linetap.agent.telemetry_source import TelemetrySource
 from linetap.agent.topics import STREAMS
 from linetap.buffers import BufferWriteFailed
 from linetap.buffers.records import StoredRecord
@@ -113,8 +115,7 @@ class MQTTForwarder:
         self._stored: dict[str, int] = {}  # cursor in the buffer
         self._last_flush = 0.0
         self._read_fault: str | None = None  # cause of the buffer reads failing now (a full disk)
-        self._chunk = None  # telemetry rows read but not yet turned into messages
-        self._spans: deque[tuple[int, int]] = deque()
+        self.telemetry = TelemetrySource(buffer, self.encoder, self.chunk_rows)
         self._status_mid: int | None = None
         self._status_acked: asyncio.Event | None = None
 
@@ -133,6 +134,13 @@ class MQTTForwarder:
             wake.set()
         else:
             loop.call_soon_threadsafe(wake.set)
+
+    def offer_telemetry(self, first: int, table: pa.Table) -> None:
+        """Telemetry the writer just committed, seqs from `first` on: sent from memory when the pump
+        is caught up (`TelemetrySource`), else read from the buffer."""
+        if self.stats.connected:
+            self.telemetry.offer(first, table)
+        self.notify()
 
     def offer(self, records: dict[str, list[StoredRecord]]) -> None:
         """Events and unit records the writer just committed: publish them now, from memory, when
@@ -385,24 +393,12 @@ class MQTTForwarder:
             else:
                 if self._unacked >= self.window - self.reserve:
                     return  # the last slots are kept for events and unit records
-                if not self._spans:
-                    if await buf.last_seq("telemetry") <= self._read_pos["telemetry"]:
+                if not self.telemetry.has_messages:
+                    if not await self.telemetry.load(self._read_pos["telemetry"]):
                         return
-                    # ends on a bucket end or at the head: message ids never depend on the read size
-                    table = await buf.read_telemetry(self._read_pos["telemetry"], self.chunk_rows, self.batch)
-                    if table.num_rows == 0:
-                        return
-                    self._chunk = self.encoder.telemetry_rows(table)
-                    self._spans = deque(self._chunk.spans)
-                    # events first: they may have arrived during the read
-                    continue
-                start, end = self._spans.popleft()
-                chunk = self._chunk
-                topic, payload = self.encoder.telemetry(chunk, start, end, now_us())
-                self._take(_Out("telemetry", chunk.seq[start], chunk.seq[end - 1], topic, payload,
-                                samples=end - start))
-                if not self._spans:
-                    self._chunk = None
+                    continue  # events first: they may have arrived during the read
+                first, last, topic, payload = self.telemetry.next_message(now_us())
+                self._take(_Out("telemetry", first, last, topic, payload, samples=last - first + 1))
             self._send_queued()
 
     def _take(self, out: _Out) -> None:

@@ -265,8 +265,10 @@ class Agent:
                 await self._drop_oldest_held()
                 return
             todo = [*self._held_arrow, *tables]
+            committed = None
             if todo:
-                await self.buffer.append(pa.concat_tables(todo))
+                committed = pa.concat_tables(todo)
+                span = (await self.buffer.append(committed)).telemetry
         except BufferWriteFailed as exc:
             self._write_failed(exc)
             self._hold(batches, tables)
@@ -287,7 +289,10 @@ class Agent:
             self._held_arrow.clear()
             self._held_samples = 0
         self.stats.commits += 1
-        self.forwarder.notify()
+        if committed is not None and span is not None:
+            self.forwarder.offer_telemetry(span[0], committed)
+        else:
+            self.forwarder.notify()
         self._write_recovered()
 
     def _hold(self, batches: list[SampleBatch], tables: list[pa.Table], retry_at: float | None = None) -> None:
