@@ -23,7 +23,7 @@ from linetap.buffers.errors import _WRITE_FAILURES, BufferWriteFailed, _first_li
 from linetap.buffers.integrity import GENESIS, record_hash
 from linetap.buffers.records import Event, StoredRecord
 from linetap.buffers.schema import RECORD_STREAMS, RECORDS_DB, STREAMS, BufferFiles
-from linetap.drivers.samples import TELEMETRY_SCHEMA, now_us
+from linetap.drivers.samples import TELEMETRY_SCHEMA, VType, now_us
 
 # DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
 _TELEMETRY_COLUMNS = ", ".join(f.name for f in TELEMETRY_SCHEMA)
@@ -241,7 +241,13 @@ class DuckDBBuffer(BufferFiles):
             if value is not None:
                 where.append(cond)
                 params.append(value)
-        return f"SELECT * FROM {stream} WHERE {' AND '.join(where)} ORDER BY seq", params
+        columns = "*"
+        if stream == "telemetry":
+            # a float32 is stored widened exactly; an export shows the float32's shortest decimal
+            # (1.743, not 1.7430000305175781), the value the device holds, as the JSON messages do
+            columns = (f"* REPLACE (CASE WHEN vtype = {int(VType.FLOAT32)} THEN "
+                       "CAST(CAST(CAST(num AS FLOAT) AS VARCHAR) AS DOUBLE) ELSE num END AS num)")
+        return f"SELECT {columns} FROM {stream} WHERE {' AND '.join(where)} ORDER BY seq", params
 
     def write_file(self, query: str, params: list[Any], path: Path, fmt: str) -> int:
         """Write a query's rows as csv or parquet; returns the row count."""

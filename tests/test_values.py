@@ -4,6 +4,7 @@ decode through the buffer to the JSON a message carries (and in unit records).""
 
 from __future__ import annotations
 
+import csv
 import math
 import struct
 
@@ -164,8 +165,16 @@ async def test_every_modbus_type_reaches_the_json_exactly(modbus_sim, buffer_pat
     try:
         buf.append(batch.to_arrow())
         got = json_values_of(buf)
+        export = buffer_path.with_name("heat-sealer-export.csv")
+        buf.write_file(*buf.export_query("telemetry"), export, "csv")
     finally:
         buf.close()
+    with open(export, newline="") as f:
+        exported = {row["tag"]: row["num"] for row in csv.DictReader(f)}
+    for fields, device_value in KNOWN_VALUES:
+        if fields["type"] == "float32" and fields.get("scale", 1) == 1 and fields.get("offset", 0) == 0:
+            # the CSV holds the float32's shortest decimal too, not the widened double
+            assert exported[fields["name"]] in (repr(device_value), str(device_value)), (fields, exported[fields["name"]])
     checked = {"float32": 0, "int": 0, "bool": 0}
     for fields, device_value in KNOWN_VALUES:
         value = got[fields["name"]]
