@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Mosquitto, ProcWatch, Subscriber, percentile
+from .common import Mosquitto, ProcWatch, Subscriber, percentile, stop_process
 from .harness import TOPIC_ROOT, Result, pyspy_attach, read_status, start_agent, status_rates
 from .modbus_e2e import ModbusScenario, line_config
 
@@ -92,13 +92,7 @@ class LibmodbusServer:
         return [self._port]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def scenario(seconds: float) -> ModbusScenario:

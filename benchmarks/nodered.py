@@ -31,7 +31,7 @@ from typing import Protocol
 
 from linetap.simulators.net import free_port
 
-from .common import Mosquitto, ProcWatch, Subscriber, percentile
+from .common import Mosquitto, ProcWatch, Subscriber, percentile, stop_process
 from .harness import ROOT, TOPIC_ROOT, Child, Result
 from .modbus_e2e import ModbusScenario, run_modbus
 
@@ -199,13 +199,8 @@ def run_nodered(sc: ModbusScenario, work: Path, max_sims: int, log=print,
     finally:
         if sub is not None:
             sub.close()
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=10)
         sims.stop()
         broker.stop()
 

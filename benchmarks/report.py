@@ -12,17 +12,21 @@ from typing import Any
 from .harness import Result
 
 
+def _stacks(raw: Path):
+    """(stack, samples) of each line of py-spy's raw (collapsed) output."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield stack, int(count)
+
+
 def summarize_profile(raw: Path, top: int = 25) -> str:
     """py-spy raw (collapsed) stacks -> self time and inclusive time per function, in % of samples."""
     self_t: dict[str, int] = {}
     incl: dict[str, int] = {}
     threads: dict[str, int] = {}
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for stack, n in _stacks(raw):
         total += n
         frames = stack.split(";")
         threads[frames[0]] = threads.get(frames[0], 0) + n
@@ -162,14 +166,9 @@ def profile_stages(raw: Path, cpu_cores: float, samples_per_s: float) -> list[tu
     stages by their share of the busy samples."""
     counts: dict[str, int] = {}
     busy = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
+    for stack, n in _stacks(raw):
+        if stack.rsplit(";", 1)[-1].startswith(IDLE_LEAVES):
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        if leaf.startswith(IDLE_LEAVES):
-            continue
-        n = int(count)
         busy += n
         stage = next((name for name, marks in STAGE_RULES if any(m in stack for m in marks)),
                      "other (event loop, runtime, forwarder)")
