@@ -265,7 +265,7 @@ class Agent:
                 await self._drop_oldest_held()
                 return
             todo = [*self._held_arrow, *tables]
-            committed = None
+            committed = span = None
             if todo:
                 committed = pa.concat_tables(todo)
                 span = (await self.buffer.append(committed)).telemetry
