@@ -63,8 +63,9 @@ class VType(IntEnum):
     """
 
     FLOAT64 = 0  # `num`; also every row of a version-2 buffer (they were written as floats)
-    FLOAT32 = 1  # `num` holds the float32 widened exactly (a buffer written before 2026-12 holds its
-    #              shortest decimal: the same float32); written as the float32's shortest decimal
+    FLOAT32 = 1  # `num` holds the float32 widened exactly (typed columns), or its shortest decimal
+    #              (Python values, and buffers written before 2026-12): either is the same float32;
+    #              written as the float32's shortest decimal
     INT = 2  # `num` holds an integer with |v| <= 2**53 (exact in a double)
     BOOL = 3  # `num` holds 0 or 1; written as false / true
     TEXT = 4  # `text`: strings, byte strings as hex, integers beyond 2**53 as decimal strings
