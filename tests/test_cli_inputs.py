@@ -21,6 +21,7 @@ def place(tmp_path_factory) -> Path:
     shutil.copy(EXAMPLE, d / "ok.yaml")
     (d / "folder").mkdir()
     (d / "afile").write_text("x\n")
+    (d / "afile-empty").write_text("")
     text = EXAMPLE.read_text()
     (d / "buffer-folder.yaml").write_text(text.replace("path: heat-sealer-buffer.duckdb", "path: folder"))
     (d / "buffer-under-file.yaml").write_text(text.replace("path: heat-sealer-buffer.duckdb", "path: afile/b.duckdb"))
@@ -76,6 +77,10 @@ CASES = {
     "simulate-opcua-host": (["simulate", "opcua", "--host", "no-such-host.invalid", "--port", "0"], 3,
                             "cannot listen"),
     "schema-extra": (["schema", "extra"], 2, "unexpected extra argument"),
+    "sink-password-file-missing": (["sink", "--broker", "127.0.0.1:1", "--db", "mes-sink.duckdb", "--username", "mes",
+                                    "--password-file", "no-such-pw"], 2, "--password-file no-such-pw does not exist"),
+    "sink-password-file-empty": (["sink", "--broker", "127.0.0.1:1", "--db", "mes-sink.duckdb", "--username", "mes",
+                                  "--password-file", "afile-empty"], 2, "is empty: its first line must be the password"),
     "demo-interval": (["demo", "--interval", "abc"], 2, "is not a duration"),
     "demo-duration": (["demo", "--duration", "-1"], 2, "--duration"),
     "demo-broker": (["demo", "--broker", "x:99999"], 2, "HOST:PORT"),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from linetap.config.secrets import FileProblem, read_secret_file
+
 from .common import app
 
 EXIT_PROBLEM = 1  # audit: incomplete or not intact; trace: serial not found
@@ -63,14 +65,9 @@ def _password(username: str | None, password_file: Path | None) -> str | None:
         if username is None:
             raise typer.BadParameter("a password needs --username", param_hint="--password-file")
         try:
-            first = password_file.read_text(encoding="utf-8").splitlines()[:1]
-        except (OSError, UnicodeDecodeError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise typer.BadParameter(f"cannot read {password_file}: {reason}", param_hint="--password-file") from None
-        if not first or not first[0]:
-            raise typer.BadParameter(f"{password_file} is empty: its first line is the password",
-                                     param_hint="--password-file")
-        return first[0]
+            return read_secret_file(password_file, "--password-file")  # the agent's rules: one behaviour
+        except FileProblem as err:
+            raise typer.BadParameter(str(err), param_hint="--password-file") from None
     if username is not None:
         return os.environ.get("LINETAP_SINK_PASSWORD")
     return None
