@@ -22,6 +22,7 @@ from ..base import DeviceUnreachable, PollingDriver, describe_os_error
 from .decode import BlockFailure, DecodePlan, build_decode_plan, decode_block
 from .plan import ReadBlock, plan_reads, split_block
 from .reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for
+from .words import register_word_replies
 
 log = structlog.get_logger("linetap.drivers.modbus")
 
@@ -97,6 +98,9 @@ class ModbusDriver(PollingDriver):
             name=f"linetap-{cfg.name}",
         )
         self._capture_errors(client)
+        if not register_word_replies(client):
+            log.info("pymodbus refused linetap's register reply classes: decoding through pymodbus' own "
+                     "(the same values, more CPU per reply)", device=cfg.name)
         self._guard = ReplyGuard.install(client)
         if self._guard is None:
             log.warning("pymodbus internals changed: replies are checked only after pymodbus decoded them "
