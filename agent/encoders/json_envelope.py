@@ -73,7 +73,9 @@ class TelemetryChunk:
     tag: list[str]
     num: np.ndarray  # float64, NaN where null
     uniform32: np.ndarray  # cumulative count of rows that are NOT plain finite float32 (see `values`)
-    mixed: list[Any] | None  # every value as its JSON value, when some row is not a plain float32
+    num_col: pa.ChunkedArray  # the stored columns, for the messages that are not uniform float32
+    text_col: pa.ChunkedArray
+    vtype: np.ndarray
     quality: list[str]
     reason: list[str | None] | None  # None: every reason is null
     source_ts: np.ndarray | list[int | None] | None  # None: every source_ts is null
@@ -92,10 +94,12 @@ class TelemetryChunk:
 
     def values(self, start: int, end: int) -> np.ndarray | list[Any]:
         """The `value` column of rows [start, end): a float32 array when every value there is a finite
-        float32 (the bulk of telemetry), else the JSON values."""
+        float32 (the bulk of telemetry), else the JSON values of these rows only: a float32 device
+        next to one with integer tags keeps its messages as arrays."""
         if self.uniform32[end] - self.uniform32[start] == 0:
             return self.num[start:end].astype(np.float32)
-        return self.mixed[start:end]
+        return json_values(self.num_col.slice(start, end - start), self.text_col.slice(start, end - start),
+                           self.vtype[start:end])
 
 
 def message_spans(seq: np.ndarray, device_codes: np.ndarray, batch: int,
@@ -133,7 +137,6 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
     plain32 = (vtype == VType.FLOAT32) & np.isfinite(num)  # NaN covers the nulls too
     not_plain = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(~plain32, out=not_plain[1:])
-    mixed = None if not_plain[-1] == 0 else json_values(num_col, text_col, vtype)
     reason = table.column("reason")
     source_ts = table.column("source_ts")
     agent_ts = table.column("agent_ts").to_numpy()
@@ -144,7 +147,9 @@ def telemetry_chunk(table: pa.Table, batch: int) -> TelemetryChunk:
         tag=table.column("tag").to_pylist(),
         num=num,
         uniform32=not_plain,
-        mixed=mixed,
+        num_col=num_col,
+        text_col=text_col,
+        vtype=vtype,
         quality=_QUALITY_LOOKUP[table.column("quality").to_numpy(zero_copy_only=False)].tolist(),
         reason=None if reason.null_count == n else reason.to_pylist(),
         source_ts=(None if source_ts.null_count == n else
