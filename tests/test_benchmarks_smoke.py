@@ -39,3 +39,13 @@ def test_benchmark_smoke_mode_runs(tmp_path):
     assert {x["kind"] for x in data["results"]} >= {"modbus", "opcua", "append", "drain"}
     after = source_tree()
     assert after == before, f"the smoke run wrote into the source tree: {sorted(set(after.items()) ^ set(before.items()))}"
+
+
+def test_modbus_decode_benchmark_runs(capsys):
+    """The reply-path micro-benchmark the README quotes still runs against this pymodbus."""
+    from benchmarks import modbus_decode
+
+    modbus_decode.main(n=200)
+    out = capsys.readouterr().out
+    assert "pymodbus ReadHoldingRegistersResponse: reply" in out
+    assert "linetap HoldingRegisterBytes: reply" in out and "linetap / pymodbus reply path:" in out
