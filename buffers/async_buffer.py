@@ -57,6 +57,10 @@ class AsyncBuffer:
             # commit does, and is an operating state like it (found by the soak: a records read on a
             # full disk killed the forwarder)
             text = str(exc)
+            if "has been invalidated" in text or self._buffer.reattach_pending():  # e.g. a read after a
+                # checkpoint failed on the other thread, or while a reattach the disk refused is pending
+                await asyncio.get_running_loop().run_in_executor(executor, self._buffer.reattach_invalidated, exc)
+                raise BufferWriteFailed(f"cannot use buffer {self.path}: {_first_line(exc)}", "write_failed") from None
             cause = next((cause for marker, cause in _WRITE_FAILURES if marker in text), None)
             if cause is not None and isinstance(exc, duckdb.IOException):
                 raise BufferWriteFailed(f"cannot use buffer {self.path}: {_first_line(exc)}", cause) from None

@@ -22,7 +22,7 @@ import pyarrow as pa
 from linetap.buffers.errors import _WRITE_FAILURES, BufferWriteFailed, _first_line, _is_damage
 from linetap.buffers.integrity import GENESIS, record_hash
 from linetap.buffers.records import Event, StoredRecord
-from linetap.buffers.schema import RECORD_STREAMS, RECORDS_DB, STREAMS, BufferFiles
+from linetap.buffers.schema import BUFFER_DB, RECORD_STREAMS, RECORDS_DB, STREAMS, BufferFiles
 from linetap.drivers.samples import TELEMETRY_SCHEMA, VType, now_us
 
 # DuckDB 2: a result not fetched to the end blocks the connection; every query here uses fetchall().
@@ -87,7 +87,9 @@ class DuckDBBuffer(BufferFiles):
             con.execute("COMMIT")
         except BaseException as exc:
             _rollback(con)
-            raise self._write_failure(exc, self.path) from exc
+            failure = self._write_failure(exc, self.path)
+            if not (isinstance(failure, BufferWriteFailed) and self._landed(con, BUFFER_DB, "telemetry", last)):
+                raise failure from exc
         self._last["telemetry"] = (last, GENESIS)
         return first, last
 
@@ -101,10 +103,14 @@ class DuckDBBuffer(BufferFiles):
         return first, last
 
     def _write_failure(self, exc: BaseException, path: Path) -> BaseException:
-        """A failed commit as BufferWriteFailed when the cause is the file system; anything else as it is."""
+        """A failed commit as BufferWriteFailed when the cause is the file system or a checkpoint
+        that invalidated the database (reattached here, so the same write can be tried again);
+        anything else as it is."""
         if not isinstance(exc, duckdb.Error):
             return exc
         text = str(exc)
+        if not _is_damage(exc) and self.reattach_invalidated(exc):
+            return BufferWriteFailed(f"cannot write buffer {path}: {_first_line(exc)}", "write_failed")
         cause = next((cause for marker, cause in _WRITE_FAILURES if marker in text), None)
         if cause is None:
             if not isinstance(exc, duckdb.IOException | duckdb.TransactionException) or _is_damage(exc):
@@ -142,6 +148,16 @@ class DuckDBBuffer(BufferFiles):
                     raise
             return stored["events"], stored["units"]
 
+    @staticmethod
+    def _landed(con: duckdb.DuckDBPyConnection, database: str, stream: str, seq: int) -> bool:
+        """After a reattach: whether the commit that reported failure made it into the WAL anyway
+        (its stream head says `seq`), so it is not written twice. `con`: the calling thread's own."""
+        try:
+            return con.execute(f"SELECT last_seq FROM {database}.streams WHERE stream = ?",
+                               [stream]).fetchall() == [(seq,)]
+        except duckdb.Error:
+            return False
+
     def _commit_held(self) -> None:
         con = self._records
         try:
@@ -160,7 +176,11 @@ class DuckDBBuffer(BufferFiles):
             con.execute("COMMIT")
         except BaseException as exc:
             _rollback(con)
-            raise self._write_failure(exc, self.records_path) from exc
+            failure = self._write_failure(exc, self.records_path)
+            landed = isinstance(failure, BufferWriteFailed) and all(
+                self._landed(con, RECORDS_DB, stream, held[-1].seq) for stream in RECORD_STREAMS if (held := self._held[stream]))
+            if not landed:
+                raise failure from exc
         for stream in RECORD_STREAMS:
             self._held[stream].clear()
 
@@ -340,9 +360,9 @@ class DuckDBBuffer(BufferFiles):
         """Keep the buffer under `max_bytes`: first delivered rows go, then the oldest unsent
         telemetry, each drop recorded as a `gap` event in the same transaction. Unit records and
         events are never dropped: if they alone exceed the cap, `over_cap` stays true."""
-        if self.used_bytes() <= max_bytes:
-            return CapResult()
         try:
+            if self.used_bytes() <= max_bytes:
+                return CapResult()
             return self._enforce_cap(max_bytes, sink, chunk)
         except duckdb.Error as exc:
             raise self._write_failure(exc, self.path) from exc
@@ -400,6 +420,7 @@ class DuckDBBuffer(BufferFiles):
             self._checkpoint()
         except duckdb.Error:
             pass  # the WALs still hold everything committed
+        self._admin.close()
         self._records.close()
         self._con.close()
 

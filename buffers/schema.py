@@ -126,7 +126,11 @@ class BufferFiles:
             self._records = self._con.cursor()  # the records thread's connection (same database instance)
             self._records.execute(f"USE {BUFFER_DB}")
             self._records.execute(_SEARCH_PATH)
-            self._records_lock = threading.Lock()
+            self._records_lock = threading.RLock()  # reentrant: a failed records commit reattaches under it
+            self._detached: set[str] = set()  # databases DuckDB invalidated, not yet reattached
+            # Reattaching needs a connection whose current database is not the invalidated one (such a
+            # connection runs nothing) and that no other thread is using: its own, made here, under the lock.
+            self._admin = self._con.cursor()
             self._handed_out = 0  # highest telemetry seq read_telemetry returned since open
             self._held: dict[str, list[StoredRecord]] = {s: [] for s in RECORD_STREAMS}  # see append_records
             self._last: dict[str, tuple[int, str]] = {}
@@ -159,6 +163,36 @@ class BufferFiles:
                                   "is the agent already running? Stop it first (`export` and `replay` need the "
                                   "agent stopped), or give this agent its own buffer.path") from None
             raise
+
+    def reattach_pending(self) -> bool:
+        return bool(self._detached)
+
+    def reattach_invalidated(self, exc: BaseException) -> bool:
+        """DuckDB invalidates a database whose checkpoint failed (it could not pin a block within
+        `memory_limit`, or the disk refused it): every later statement on it fails until it is
+        detached and attached again, which replays its WAL, so nothing committed is lost. Does that
+        for the database `exc` names (and any an earlier attempt left detached); False if there is
+        nothing to reattach. Called from either thread, under the records lock."""
+        text = str(exc)
+        if "has been invalidated" in text:
+            self._detached.add(RECORDS_DB if f'"{RECORDS_DB}"' in text else BUFFER_DB)
+        elif not self._detached:
+            return False
+        with self._records_lock:  # no records commit while its database is away
+            for name in sorted(self._detached):
+                path, options = (self.records_path, " (BLOCK_SIZE 16384)") if name == RECORDS_DB else (self.path, "")
+                try:
+                    self._admin.execute(f"DETACH DATABASE IF EXISTS {name}")
+                    quoted = str(path).replace("'", "''")
+                    self._admin.execute(f"ATTACH '{quoted}' AS {name}{options}")
+                except duckdb.Error as again:  # e.g. the disk still refuses: the next failed write tries again
+                    log.warning("buffer database invalidated by DuckDB, reattaching it failed", path=str(path),
+                                error=_first_line(exc), reattach_error=_first_line(again))
+                    return True
+                self._detached.discard(name)
+                log.warning("buffer database reattached after DuckDB invalidated it (its WAL replayed: nothing "
+                            "committed is lost)", path=str(path), error=_first_line(exc))
+        return True
 
     def _open_error(self, exc: duckdb.Error) -> BufferError:
         """Damage (the file's bytes are wrong) keeps copies aside; anything else is named as it is."""

@@ -114,9 +114,9 @@ class BufferConfig(Strict):
     retention: Duration = Field(7 * 86400.0, description="how long delivered records are kept locally, e.g. 7d")
     flush_interval: Duration = Field(0.2, gt=0, description="samples are committed at least this often")
     memory_limit: ByteSize = Field(
-        16 * 2**20, ge=8 * 2**20,
-        description="DuckDB's cache of the buffer file; its default (80% of RAM) lets the agent's memory grow with the "
-                    "file. More only speeds up reading a large backlog, e.g. 64MiB")
+        16 * 2**20, ge=16 * 2**20,
+        description="DuckDB's cache of the buffer file, at least 16MiB; its default (80% of RAM) lets the agent's "
+                    "memory grow with the file. More only speeds up reading a large backlog, e.g. 64MiB")
     hold_samples: int = Field(
         500_000, ge=100, le=50_000_000,
         description="while the buffer cannot be written (disk full, read-only folder), telemetry samples held in "

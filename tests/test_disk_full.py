@@ -104,7 +104,7 @@ def test_disk_full_during_production(tmp_path, small_disk, broker, broker_state)
             capture.wait_for(lambda ms: any(p["body"].get("alarm") == "disk_full" for p in payloads(ms, "/events")),
                              timeout=15)
         time.sleep(8)  # production goes on: units finish, telemetry is held, then dropped
-        assert agent.poll() is None, "the agent stays up on a full disk"
+        assert agent.poll() is None, "the agent stays up on a full disk:\n" + agent.stderr.read().decode()[-6000:]
         filler.unlink()
         if broker_state == "broker down":
             broker.start()
