@@ -2,7 +2,7 @@
 (pymodbus' own class, and linetap's `drivers/modbus/words.py` that keeps the bytes), then the
 response into typed columns (`decode_block`). 124 registers = 62 float32, word-swapped.
 
-    python -m benchmarks.modbus_decode
+    python -m benchmarks.modbus_decode [CALLS]
 
 MEASURED.md: struct on a whole block ~2 us; pymodbus convert_from_registers 46-107 us.
 """
@@ -10,6 +10,7 @@ MEASURED.md: struct on a whole block ~2 us; pymodbus convert_from_registers 46-1
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from collections.abc import Callable
 
@@ -57,4 +58,4 @@ def main(n: int = 20_000) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)
