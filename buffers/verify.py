@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from linetap.buffers.integrity import GENESIS, canonical_json, record_hash
+from linetap.buffers.integrity import GENESIS, canonical_json, chain_version
 
 
 @dataclass
@@ -159,9 +159,9 @@ def _chain(report: Report, agent: str, stream: str, seqs: list[int], sc: StreamC
         if expected_prev is not None and rec["prev_hash"] != expected_prev:
             report.findings.append(Finding(where, agent, stream, "broken_chain",
                                            f"seq {seq}: prev_hash does not match the hash of seq {seq - 1}"))
-        recomputed = record_hash(rec["prev_hash"], id=rec["id"], stream=stream, seq=seq,
-                                 recorded_at=rec["recorded_at"], body=rec["body"])
-        if recomputed != rec["hash"]:
+        version = chain_version(rec["hash"], rec["prev_hash"], id=rec["id"], stream=stream, seq=seq,
+                                recorded_at=rec["recorded_at"], body=rec["body"])
+        if version is None:  # neither RFC 8785 (version 2) nor the version 1 canonical form
             report.findings.append(Finding(where, agent, stream, "broken_chain",
                                            f"seq {seq}: content does not match its hash (altered)"))
         prev_hash, prev_seq = rec["hash"], seq

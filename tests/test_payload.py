@@ -107,14 +107,14 @@ def test_unit_and_event_envelopes():
     rec = StoredRecord("units", 7, "ag-1/units/7", 1_000, body, "aa" * 32, "bb" * 32)
     d = orjson.loads(P.encode_record("ag-1", rec, 2_000))
     V["unit"].validate(d)
-    assert d == {"schema": "linetap.unit/1", "id": "ag-1/units/7", "agent": "ag-1", "stream": "units", "seq": 7,
+    assert d == {"schema": "linetap.unit/2", "id": "ag-1/units/7", "agent": "ag-1", "stream": "units", "seq": 7,
                  "sent_at": 2_000, "recorded_at": 1_000, "prev_hash": "aa" * 32, "hash": "bb" * 32, "body": body}
     assert TOPICS.record(rec) == "acme/p1/a1/l1/sealer1/units"
     ev = StoredRecord("events", 3, "ag-1/events/3", 1_000,
                       {"kind": "device_state", "ts": 5, "device": "press1", "station": None, "state": "lost"}, "", "cc")
     d = orjson.loads(P.encode_record("ag-1", ev, 2_000))
     V["event"].validate(d)
-    assert d["schema"] == "linetap.event/1" and TOPICS.record(ev) == "acme/p1/a1/l1/_line/events"
+    assert d["schema"] == "linetap.event/2" and TOPICS.record(ev) == "acme/p1/a1/l1/_line/events"
     # only sent_at changes between two sends of the same record
     a, b = (orjson.loads(P.encode_record("ag-1", ev, t)) for t in (1, 2))
     assert {**a, "sent_at": 0} == {**b, "sent_at": 0}

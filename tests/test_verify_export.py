@@ -149,7 +149,7 @@ def test_replay_resends_a_range_with_the_same_ids(line, broker, capture):
     for u in units:
         r = stored[u["seq"]]
         assert (u["recorded_at"], u["prev_hash"], u["hash"], u["body"]) == (r.recorded_at, r.prev_hash, r.hash, r.body)
-        assert u["schema"] == "linetap.unit/1" and u["agent"] == AGENT and u["stream"] == "units"
+        assert u["schema"] == "linetap.unit/2" and u["agent"] == AGENT and u["stream"] == "units"
     capture.clear()
     r = subprocess.run([sys.executable, "-m", "linetap.agent.cli", "replay", str(cfg_path), "--stream", "telemetry",
                         "--from-seq", "8"], capture_output=True, text=True, timeout=60)

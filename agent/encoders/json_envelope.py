@@ -12,8 +12,12 @@ Envelopes (JSON Schemas in `config/schemas/`):
 
 - unit records and events, one per message::
 
-    {"schema": "linetap.unit/1" | "linetap.event/1", "id": ..., "agent": ..., "stream": ...,
+    {"schema": "linetap.unit/2" | "linetap.event/2", "id": ..., "agent": ..., "stream": ...,
      "seq": ..., "sent_at": us, "recorded_at": us, "prev_hash": ..., "hash": ..., "body": {...}}
+
+  The schema's version is the record's hash chain version (`linetap.buffers.integrity`): 2, RFC
+  8785; 1 for a record hashed before (still in a buffer when the agent was upgraded) or whose body
+  RFC 8785 cannot write.
 
 - agent status (retained)::
 
@@ -44,15 +48,17 @@ import orjson
 import pyarrow as pa
 
 from linetap.agent.topics import Topics
+from linetap.buffers.integrity import LEGACY, chain_version
 from linetap.buffers.records import StoredRecord
 from linetap.drivers.samples import VType
 
 TELEMETRY_SCHEMA_ID = "linetap.telemetry/2"  # 2: typed values (see json_values)
-UNIT_SCHEMA_ID = "linetap.unit/1"
-EVENT_SCHEMA_ID = "linetap.event/1"
+UNIT_SCHEMA_ID = "linetap.unit/2"  # 2: hash chain over RFC 8785 (integrity.JCS)
+EVENT_SCHEMA_ID = "linetap.event/2"
 STATUS_SCHEMA_ID = "linetap.status/1"
 
 RECORD_SCHEMA_IDS = {"units": UNIT_SCHEMA_ID, "events": EVENT_SCHEMA_ID}
+LEGACY_RECORD_SCHEMA_IDS = {"units": "linetap.unit/1", "events": "linetap.event/1"}  # integrity.LEGACY chains
 QUALITY_NAMES = ("good", "uncertain", "bad")
 _QUALITY_LOOKUP = np.array(QUALITY_NAMES + ("bad",) * (256 - len(QUALITY_NAMES)), dtype=object)
 
@@ -240,10 +246,18 @@ def iter_telemetry_messages(agent: str, table: pa.Table, batch: int, topics: Top
 # --- records and status ---------------------------------------------------------------------
 
 
+def record_schema_id(record: StoredRecord) -> str:
+    """The schema that names the record's chain version: recomputed, so it is true of every record,
+    including those hashed before an upgrade (~60 us for a unit with a 40-point trace; records are few)."""
+    version = chain_version(record.hash, record.prev_hash, id=record.id, stream=record.stream, seq=record.seq,
+                            recorded_at=record.recorded_at, body=record.body)
+    return (LEGACY_RECORD_SCHEMA_IDS if version == LEGACY else RECORD_SCHEMA_IDS)[record.stream]
+
+
 def encode_record(agent: str, record: StoredRecord, sent_at: int) -> bytes:
     """One unit record or event."""
     return orjson.dumps({
-        "schema": RECORD_SCHEMA_IDS[record.stream],
+        "schema": record_schema_id(record),
         "id": record.id,
         "agent": agent,
         "stream": record.stream,
