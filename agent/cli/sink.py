@@ -153,7 +153,7 @@ def audit(
 def trace(
     serial: str = typer.Argument(..., help="the unit's serial number"),
     db: str = typer.Option(..., help="the sink's database (postgresql://… or a DuckDB file)"),
-    format: str = typer.Option("text", "--format", help="text or json"),
+    format: str = typer.Option("text", "--format", help="text, json, or html (a printable eDHR page, one file)"),
 ) -> None:
     """Every unit record and non-conformance of one serial, in time order, with its chain checked."""
     import orjson
@@ -161,8 +161,8 @@ def trace(
     from linetap.agent.sink.trace import render_text
     from linetap.agent.sink.trace import trace as do_trace
 
-    if format not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="--format")
+    if format not in ("text", "json", "html"):
+        raise typer.BadParameter("expected text, json or html", param_hint="--format")
     target = _open(db, "trace", read_only=True)
     try:
         result = do_trace(target, serial)
@@ -175,6 +175,10 @@ def trace(
         raise typer.Exit(EXIT_PROBLEM)
     if format == "json":
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif format == "html":
+        from linetap.agent.sink.trace_html import render_html
+
+        sys.stdout.write(render_html(result, target.where))
     else:
         typer.echo(render_text(result))
 

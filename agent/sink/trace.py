@@ -16,7 +16,7 @@ import orjson
 from linetap.agent.sink.db import Target
 from linetap.agent.sink.store import RECORD_COLUMNS, chain_findings, record_envelope
 
-__all__ = ["render_text", "trace"]
+__all__ = ["describe_event", "format_ts", "render_text", "trace"]
 
 TRACE_EVENT_KINDS = ("nonconformance", "unit_incomplete")
 
@@ -56,7 +56,7 @@ def trace(t: Target, serial: str) -> dict[str, Any]:
     return {"serial": serial, "units": units, "events": events}
 
 
-def _ts(us: Any) -> str:
+def format_ts(us: Any) -> str:
     if not isinstance(us, int):
         return "-"
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -77,7 +77,7 @@ def render_text(result: dict[str, Any]) -> str:
         ct = "-" if u["cycle_time"] is None else f"{u['cycle_time']} s"
         lines.append(f"\n{u['station']} (device {u['device']}, agent {u['agent']}, record {u['id']})")
         lines.append(f"  operator {u['operator'] or '-'}   lot {u['lot'] or '-'}")
-        lines.append(f"  start {_ts(u['started_at'])}   end {_ts(u['ended_at'])}   cycle time {ct}")
+        lines.append(f"  start {format_ts(u['started_at'])}   end {format_ts(u['ended_at'])}   cycle time {ct}")
         reasons = f" ({'; '.join(u['reasons'])})" if u["reasons"] else ""
         lines.append(f"  verdict {u['verdict']}{reasons}   config {u['config_version']}   {_chain_text(u['chain'])}")
         for p in u["parameters"]:
@@ -94,11 +94,16 @@ def render_text(result: dict[str, Any]) -> str:
         lines.append("")
     for e in result["events"]:
         b = e["body"]
-        if e["kind"] == "nonconformance":
-            what = (f"{b.get('parameter')} = {b.get('value')} {b.get('unit') or ''} beyond the {b.get('limit')} "
-                    f"limit {b.get('limit_value')} ({b.get('spec') or 'no spec'})"
-                    + (", during the cycle" if b.get("during_cycle") else ""))
-        else:
-            what = b.get("reason") or ", ".join(b.get("reasons") or []) or "incomplete"
-        lines.append(f"{_ts(b.get('ts'))}  {e['kind']} at {b.get('station')}: {what}   {_chain_text(e['chain'])}")
+        lines.append(f"{format_ts(b.get('ts'))}  {e['kind']} at {b.get('station')}: {describe_event(e)}   "
+                     f"{_chain_text(e['chain'])}")
     return "\n".join(lines)
+
+
+def describe_event(e: dict[str, Any]) -> str:
+    """What a traced event says, in words (text and HTML pages)."""
+    b = e["body"]
+    if e["kind"] == "nonconformance":
+        return (f"{b.get('parameter')} = {b.get('value')} {b.get('unit') or ''} beyond the {b.get('limit')} "
+                f"limit {b.get('limit_value')} ({b.get('spec') or 'no spec'})"
+                + (", during the cycle" if b.get("during_cycle") else ""))
+    return str(b.get("reason") or ", ".join(b.get("reasons") or []) or "incomplete")
