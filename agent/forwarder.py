@@ -47,6 +47,7 @@ from linetap.agent.mqtt_client import (
     mqtt_client,
     reason_words,
 )
+from linetap.agent.replay_server import ReplayServer
 from linetap.agent.status_file import ForwarderStats
 from linetap.agent.telemetry_source import TelemetrySource
 from linetap.agent.topics import STREAMS
@@ -118,6 +119,7 @@ class MQTTForwarder:
         self.telemetry = TelemetrySource(buffer, self.encoder, self.chunk_rows)
         self._status_mid: int | None = None
         self._status_acked: asyncio.Event | None = None
+        self.replays = ReplayServer(config, buffer, self.encoder, self._publish_untracked)  # a runtime task
 
     # -- public ---------------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class MQTTForwarder:
         client.on_disconnect = lambda c, u, flags, rc, props: loop.call_soon_threadsafe(
             self._on_disconnect, c, loss_reason(flags, rc, socket_errors.error, self.mqtt.keepalive))
         client.on_publish = self._on_publish_thread
+        client.on_message = self.replays.on_message(loop)
         return client
 
     async def _connect(self) -> None:
@@ -268,7 +271,14 @@ class MQTTForwarder:
         self._status_mid = None
         info = client.publish(*self.encoder.status("online", now_us()), qos=1, retain=True)
         self._check_rc(info.rc, "status")
+        self._check_rc(client.subscribe(self.replays.topic, qos=1)[0], "replay subscription")
         self._to_send = deque(o for s in STREAMS for o in self._pending[s] if not o.acked)
+
+    def _publish_untracked(self, topic: str, payload: bytes) -> bool:
+        """QoS 1 on the current connection, outside the cursors (a replay); False if not connected."""
+        client = self._client
+        return (client is not None and self.stats.connected
+                and client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS)
 
     def _on_connack(self, client: mqtt.Client, rc) -> None:
         if client is self._client and self._connack is not None and not self._connack.done():

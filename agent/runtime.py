@@ -93,10 +93,11 @@ class Agent:
                     writers = [tg.create_task(self._telemetry_writer(), name="telemetry-writer"),
                                tg.create_task(self._records_writer(), name="records-writer")]
                     forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
+                    replays = tg.create_task(self.forwarder.replays.run(), name="replay-requests")
                     self.ready.set()
                     await stop.wait()
                     log.info("agent stopping")
-                    await _cancel_all([*devices, house])
+                    await _cancel_all([*devices, house, replays])
                     await self._records.join()  # the writers have committed everything produced
                     await self._queue.join()
                     for writer in writers:
