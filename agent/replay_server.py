@@ -7,8 +7,9 @@ The messages are built from the buffer's rows as the forwarder builds them (same
 only `sent_at` differs): telemetry is read from the start of the `telemetry_batch` bucket that holds
 `from_seq`, so its messages are the ones first sent. The agent's cursors are not touched. Bounded
 (`MAX_RECORDS` unit records or events, `MAX_SAMPLES` samples a request: the MES asks again for the
-rest) and paced (`RATE` messages/s), so a request never crowds out live data. What the buffer no
-longer holds (purged after delivery by `buffer.retention`) is logged as not available.
+rest) and paced (`RATE` messages/s), so a request never crowds out live data (its messages share
+paho's in-flight window with the forwarder's, briefly). What the buffer no longer holds (purged
+after delivery by `buffer.retention`, or telemetry a gap event names) is logged as not available.
 
 Who may publish there is the broker's business: allow only the MES's sink user to write
 `+/+/+/+/_agent/+/replay` and each agent to read its own topic (README, "For the MES team").
@@ -125,7 +126,8 @@ class ReplayServer:
         sent, first_held = await (self._telemetry(req.from_seq, to_seq) if req.stream == "telemetry"
                                   else self._records(req.stream, req.from_seq, to_seq))
         if first_held is None or first_held > req.from_seq:
-            log.warning("replay: part of the range is no longer in the buffer (purged after delivery)",
+            log.warning("replay: part of the range is not in the buffer (purged after delivery by retention, "
+                        "or telemetry dropped and named by a gap event)",
                         stream=req.stream, not_available_from=req.from_seq,
                         not_available_to=to_seq if first_held is None else first_held - 1,
                         requested_by=req.requested_by)

@@ -4,6 +4,8 @@ a bad request is logged and ignored, the agent goes on. Real Mosquitto, real sim
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -88,3 +90,35 @@ async def test_the_agent_resends_what_the_mes_asks_for(tmp_path, broker, capture
     assert ignored and ignored[0]["reason"] == "not JSON"
     served = [e for e in logs if e["event"] == "replay served"]
     assert {(e["stream"], e.get("requested_by")) for e in served} == {("telemetry", "mes-sink-1"), ("events", None)}
+
+
+async def test_purged_records_are_named_and_ranges_bounded(tmp_path, monkeypatch) -> None:
+    """Against a real buffer: what retention purged is logged as not available; a request beyond the
+    bound is served up to it (the MES asks again for the rest)."""
+    from linetap.agent import replay_server
+    from linetap.agent.encoders import encoder_for
+    from linetap.buffers import AsyncBuffer
+    from linetap.buffers.records import Event
+
+    no_broker = SimpleNamespace(host="127.0.0.1", port=1883)  # never connected to: the server is driven directly
+    cfg = line_config(tmp_path, no_broker, [modbus_device(5020)],
+                      buffer={"path": str(tmp_path / "line 1" / "sealer-buffer.duckdb")})
+    (tmp_path / "line 1").mkdir()
+    buf = await AsyncBuffer.open(cfg.buffer.path, AGENT_ID)
+    sent: list[tuple[str, bytes]] = []
+    try:
+        await buf.append(events=[Event("alarm", i, data={"n": i}) for i in range(1, 9)])
+        await buf.ack("mqtt", "events", 3)
+        assert (await buf.purge_delivered("mqtt", 2**62))["events"] == 3
+        monkeypatch.setattr(replay_server, "MAX_RECORDS", 4)
+        monkeypatch.setattr(replay_server, "RATE", 10_000.0)
+        server = replay_server.ReplayServer(cfg, buf, encoder_for(cfg), lambda t, p: sent.append((t, p)) or True)
+        with capture_logs() as logs:
+            await server._serve(parse_request(b'{"stream": "events", "from_seq": 2, "requested_by": "mes-sink-1"}'))
+    finally:
+        await buf.close()
+    assert [orjson.loads(p)["seq"] for _, p in sent] == [4, 5]  # 2..5 asked (bounded to 4), 2..3 purged
+    missing = next(e for e in logs if e["event"].startswith("replay: part of the range is not in the buffer"))
+    assert (missing["not_available_from"], missing["not_available_to"]) == (2, 3)
+    requested = next(e for e in logs if e["event"] == "replay requested")
+    assert requested["truncated"] and requested["serving_to"] == 5
