@@ -24,8 +24,19 @@ CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 def check_files(cfg: LineConfig, buffer: bool = False) -> list[Problem]:
     """Problems with the files the config names; with `buffer`, also whether buffer.path can be a
     buffer (`validate` asks; `run`/`status`/`export` find out when they open it, exit 3)."""
+    out = mqtt_files(cfg.mqtt)
+    for i, device in enumerate(cfg.devices):
+        security = getattr(device, "security", None)
+        if security is not None:
+            out += _opcua(("devices", i, "security"), security)
+    if buffer:
+        out += _buffer(cfg.buffer.path)
+    return out
+
+
+def mqtt_files(m) -> list[Problem]:
+    """The password file and TLS files of an `mqtt:` block (the agent's, or the sink's)."""
     out: list[Problem] = []
-    m = cfg.mqtt
     if m.password_file is not None:
         out += _secret(("mqtt", "password_file"), m.password_file)
     if m.tls is not None:
@@ -37,12 +48,6 @@ def check_files(cfg: LineConfig, buffer: bool = False) -> list[Problem]:
                 client_context(m.tls)
             except FileProblem as err:
                 out.append(((*tls_path, err.field), str(err)))
-    for i, device in enumerate(cfg.devices):
-        security = getattr(device, "security", None)
-        if security is not None:
-            out += _opcua(("devices", i, "security"), security)
-    if buffer:
-        out += _buffer(cfg.buffer.path)
     return out
 
 

@@ -22,9 +22,10 @@ from .envsubst import substitute
 from .explain import issue_from, line_of
 from .issues import ConfigError, ConfigIssue, Path_, format_path
 from .models import LineConfig
+from .sink import SinkConfig
 from .yaml_doc import parse_yaml, to_plain
 
-__all__ = ["ConfigError", "ConfigIssue", "config_json_schema", "load_config", "parse_config"]
+__all__ = ["ConfigError", "ConfigIssue", "config_json_schema", "load_config", "load_sink_config", "parse_config"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -36,6 +37,26 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def load_config(path: str | Path, check_buffer: bool = False) -> LineConfig:
     """Read, substitute, validate and resolve one line config file. Raises ConfigError."""
     path = Path(path)
+    return parse_config(_read(path), file=str(path), base=path.absolute().parent, check_buffer=check_buffer)
+
+
+def load_sink_config(path: str | Path) -> SinkConfig:
+    """`linetap sink --config`: the same steps for the sink's settings file. Raises ConfigError."""
+    path = Path(path)
+    file = str(path)
+    data, lines = _document(_read(path), file, None)
+    try:
+        cfg = SinkConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([issue_from(err, data, lines, file) for err in exc.errors()]) from None
+    cfg = cfg.resolve_paths(path.absolute().parent)
+    problems = files.mqtt_files(cfg.mqtt)
+    if problems:
+        raise ConfigError([ConfigIssue(file, line_of(p, lines), format_path(p), message) for p, message in problems])
+    return cfg
+
+
+def _read(path: Path) -> str:
     name = str(path)
     try:
         raw = path.read_bytes()
@@ -51,7 +72,20 @@ def load_config(path: str | Path, check_buffer: bool = False) -> LineConfig:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(name, line, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
                                        "save the file as UTF-8")]) from None
-    return parse_config(text, file=name, base=path.absolute().parent, check_buffer=check_buffer)
+    return text
+
+
+def _document(text: str, file: str, environ: dict[str, str] | None) -> tuple[Any, dict[Path_, int]]:
+    """The YAML as plain data with `${VAR}` substituted, and the line of every key; ConfigError for
+    bad YAML, a literal password or an unset variable."""
+    document = parse_yaml(text, file)
+    data, lines = to_plain(document, file, text)
+    env = os.environ if environ is None else environ
+    issues: list[ConfigIssue] = literal_secrets(data, lines, file)
+    data = substitute(data, (), env, lines, file, issues)
+    if issues:
+        raise ConfigError(issues)
+    return data, lines
 
 
 def parse_config(text: str, file: str = "<config>", base: Path | None = None,
@@ -61,13 +95,7 @@ def parse_config(text: str, file: str = "<config>", base: Path | None = None,
     `environ` replaces os.environ for `${VAR}` substitution; `check_files=False` skips opening the
     files the config names (certificates, keys, password files); `check_buffer` also checks that
     buffer.path can be created (`validate`)."""
-    document = parse_yaml(text, file)
-    data, lines = to_plain(document, file, text)
-    env = os.environ if environ is None else environ
-    issues: list[ConfigIssue] = literal_secrets(data, lines, file)
-    data = substitute(data, (), env, lines, file, issues)
-    if issues:
-        raise ConfigError(issues)
+    data, lines = _document(text, file, environ)
     try:
         cfg = LineConfig.model_validate(data)
     except ValidationError as exc:

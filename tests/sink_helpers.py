@@ -20,12 +20,13 @@ def linetap(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 class SinkProc:
     """`linetap sink --broker … --db …` in a subprocess, its log in a file; started when subscribed."""
 
-    def __init__(self, broker, db: str, log: Path, *extra: str, client_id: str = "test-sink") -> None:
+    def __init__(self, broker, db: str | None, log: Path, *extra: str, client_id: str = "test-sink") -> None:
+        """`broker` None: `extra` says where (e.g. `--config FILE`)."""
         self.log = log
         start = log.stat().st_size if log.exists() else 0
         self.fh = open(log, "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen([LINETAP, "sink", "--broker", f"{broker.host}:{broker.port}", "--db", db,
-                                      "--client-id", client_id, *extra],
+        where = [] if broker is None else ["--broker", f"{broker.host}:{broker.port}", "--db", db]
+        self.proc = subprocess.Popen([LINETAP, "sink", *where, "--client-id", client_id, *extra],
                                      stdout=self.fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while b"sink subscribed" not in self._since(start):

@@ -73,25 +73,17 @@ def _password(username: str | None, password_file: Path | None) -> str | None:
     return None
 
 
-def sink(
-    broker: str = typer.Option(..., help="MQTT broker HOST:PORT (MQTT 5)"),
-    db: str = typer.Option(..., help="postgresql://USER@HOST:PORT/DB, or a DuckDB file (created if missing)"),
-    topic: str = typer.Option("#", help="topic filter; payloads are recognised by their linetap schema"),
-    share: str | None = typer.Option(None, help="shared subscription group: subscribes $share/GROUP/FILTER"),
-    client_id: str | None = typer.Option(None, help="MQTT client id, stable across restarts "
-                                                     "(default: linetap-sink-<hostname>); one per sink process"),
-    session_expiry: int = typer.Option(7 * 86400, min=0, help="seconds the broker keeps the session (and "
-                                                                 "queues for it) while the sink is down"),
-    username: str | None = typer.Option(None, help="MQTT user name; the password from $LINETAP_SINK_PASSWORD "
-                                                    "or --password-file"),
-    password_file: Path | None = typer.Option(None, help="file whose first line is the MQTT password"),
-    ca_file: Path | None = typer.Option(None, help="CA certificate (PEM) of the broker: connect with TLS"),
-) -> None:
-    """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
-    from linetap.agent.logs import configure_logging, get_logger
-    from linetap.agent.sink.consumer import SinkError, SinkOptions, run_sink
+def _from_options(broker: str | None, db: str | None, topic: str | None, share: str | None,
+                  session_expiry: int | None, username: str | None, password_file: Path | None,
+                  ca_file: Path | None) -> tuple[dict, str]:
+    """SinkOptions fields and the --db value, from the command line alone."""
+    from linetap.config.models import TLSConfig
 
+    missing = [name for name, v in (("--broker", broker), ("--db", db)) if v is None]
+    if missing:
+        raise typer.BadParameter(f"give {' and '.join(missing)}, or the settings file with --config")
     host, port = _parse_broker(broker)
+    topic = "#" if topic is None else topic
     if share is not None and not re.match(r"^[^/+#\s]+$", share):
         raise typer.BadParameter("a group name without /, +, # or spaces", param_hint="--share")
     levels = topic.split("/")
@@ -102,11 +94,66 @@ def sink(
     if ca_file is not None and not ca_file.is_file():
         raise typer.BadParameter(f"{ca_file} {'is a folder' if ca_file.is_dir() else 'does not exist'}",
                                  param_hint="--ca-file")
+    return dict(host=host, port=port, topic=topic, share=share, username=username, password=password,
+                session_expiry=7 * 86400 if session_expiry is None else session_expiry,
+                tls=TLSConfig(ca_file=ca_file) if ca_file else None), str(db)
+
+
+def _from_file(config: Path, given: list[str]) -> tuple[dict, str]:
+    """SinkOptions fields and the db, from `--config` (exit 2 with FILE:LINE when it is wrong)."""
+    from linetap.config.loader import ConfigError, load_sink_config
+    from linetap.config.secrets import FileProblem as SecretProblem
+
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)}: set it in {config} (with --config only --client-id "
+                                 "may be given, one per sink process)", param_hint="--config")
+    try:
+        cfg = load_sink_config(config)
+        password = cfg.mqtt.password_value()
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    except SecretProblem as err:
+        typer.echo(f"{config}: mqtt: {err}", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    m = cfg.mqtt
+    return dict(host=m.host, port=m.port, topic=cfg.topic, share=cfg.share, username=m.username,
+                password=password, session_expiry=int(m.session_expiry), tls=m.tls, client_id=m.client_id), cfg.db
+
+
+def sink(
+    config: Path | None = typer.Option(None, "--config", help="the sink's settings file (YAML: mqtt, db, topic, "
+                                                              "share), instead of the options below"),
+    broker: str | None = typer.Option(None, help="MQTT broker HOST:PORT (MQTT 5)"),
+    db: str | None = typer.Option(None, help="postgresql://USER@HOST:PORT/DB, or a DuckDB file (created if missing)"),
+    topic: str | None = typer.Option(None, help="topic filter (default #); payloads are recognised by their "
+                                                "linetap schema"),
+    share: str | None = typer.Option(None, help="shared subscription group: subscribes $share/GROUP/FILTER"),
+    client_id: str | None = typer.Option(None, help="MQTT client id, stable across restarts "
+                                                     "(default: linetap-sink-<hostname>); one per sink process"),
+    session_expiry: int | None = typer.Option(None, min=0, help="seconds the broker keeps the session (and "
+                                                                   "queues for it) while the sink is down (7 days)"),
+    username: str | None = typer.Option(None, help="MQTT user name; the password from $LINETAP_SINK_PASSWORD "
+                                                    "or --password-file"),
+    password_file: Path | None = typer.Option(None, help="file whose first line is the MQTT password"),
+    ca_file: Path | None = typer.Option(None, help="CA certificate (PEM) of the broker: connect with TLS"),
+) -> None:
+    """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
+    from linetap.agent.logs import configure_logging, get_logger
+    from linetap.agent.sink.consumer import SinkError, SinkOptions, run_sink
+
+    if config is not None:
+        given = [opt for opt, v in (("--broker", broker), ("--db", db), ("--topic", topic), ("--share", share),
+                                    ("--session-expiry", session_expiry), ("--username", username),
+                                    ("--password-file", password_file), ("--ca-file", ca_file)) if v is not None]
+        fields, db = _from_file(config, given)
+    else:
+        fields, db = _from_options(broker, db, topic, share, session_expiry, username, password_file, ca_file)
+    client_id = client_id or fields.pop("client_id", None) or f"linetap-sink-{socket.gethostname()}"
+    fields.pop("client_id", None)
     configure_logging("auto", "info")
     log = get_logger("linetap.agent.sink")
-    opts = SinkOptions(host, port, topic=topic, share=share,
-                       client_id=client_id or f"linetap-sink-{socket.gethostname()}", session_expiry=session_expiry,
-                       username=username, password=password, ca_file=str(ca_file) if ca_file else None)
+    opts = SinkOptions(**fields, client_id=client_id)
     target = _open(db, "sink", read_only=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,6 +28,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from linetap.agent.logs import get_logger
 from linetap.agent.sink.db import Target, TargetError
 from linetap.agent.sink.store import Store, parse_payload
+from linetap.config.models import TLSConfig
+from linetap.config.secrets import FileProblem
+from linetap.config.tls import client_context
 
 __all__ = ["SinkError", "SinkOptions", "run_sink"]
 
@@ -55,7 +58,7 @@ class SinkOptions:
     keepalive: int = 30
     username: str | None = None
     password: str | None = None
-    ca_file: str | None = None  # TLS (mqtts) with this CA
+    tls: TLSConfig | None = None  # TLS (mqtts): the CA, a client certificate (config.models.TLSConfig)
 
     @property
     def subscription(self) -> str:
@@ -76,11 +79,13 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
     client.reconnect_delay_set(min_delay=0.1, max_delay=5)
     if opts.username is not None:
         client.username_pw_set(opts.username, opts.password)
-    if opts.ca_file is not None:
+    if opts.tls is not None:
         try:
-            client.tls_set(ca_certs=opts.ca_file)
-        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-            raise SinkError(f"cannot use {opts.ca_file} as the broker's CA: {err}") from None
+            client.tls_set_context(client_context(opts.tls))
+        except FileProblem as err:
+            raise SinkError(str(err)) from None
+        if opts.tls.insecure:
+            client.tls_insecure_set(True)
 
     def on_connect(c, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:
