@@ -28,6 +28,14 @@ from .secrets import secret_value
 from .units import Duration
 
 
+def topic_filter_problem(topic: str) -> str | None:
+    """What is wrong with an MQTT topic filter (wildcards only as whole levels, `#` last), or None."""
+    levels = topic.split("/")
+    if not topic or any(("#" in lv or "+" in lv) and lv not in ("#", "+") for lv in levels) or "#" in levels[:-1]:
+        return f"{topic!r} is not an MQTT topic filter (e.g. acme/cork/# or #)"
+    return None
+
+
 class SinkMQTT(Strict):
     host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
@@ -61,9 +69,8 @@ class SinkConfig(Strict):
 
     @model_validator(mode="after")
     def _filter(self) -> Self:
-        levels = self.topic.split("/")
-        if any(("#" in lv or "+" in lv) and lv not in ("#", "+") for lv in levels) or "#" in levels[:-1]:
-            raise At(("topic",), f"{self.topic!r} is not an MQTT topic filter (e.g. acme/cork/# or #)")
+        if (problem := topic_filter_problem(self.topic)) is not None:
+            raise At(("topic",), problem)
         return self
 
     def resolve_paths(self, base: Path) -> SinkConfig:

@@ -64,3 +64,19 @@ def query(db: str, sql: str, params: tuple = ()) -> list[tuple]:
             return t.execute(sql, params)
     finally:
         t.close()
+
+
+def tls_broker_with_password(pki: dict, tmp_path: Path, user: str = "mes-sink", password: str = "s3cret"):
+    """A Mosquitto (not started) on TLS that wants `user`/`password`; the test skips without mosquitto."""
+    import pytest
+    from fixtures_broker import Broker
+
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), user, password], check=True, capture_output=True)
+    pwfile.chmod(0o644)
+    b = Broker(tmp_path / "broker", allow_anonymous=False, listener_conf=(
+        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
+        f"password_file {pwfile}"))
+    if b.kind != "mosquitto":
+        pytest.skip("needs mosquitto (password file)")
+    return b

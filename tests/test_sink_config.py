@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 
 import orjson
 import pytest
-from sink_helpers import SinkProc, linetap, query
+from sink_helpers import SinkProc, linetap, query, tls_broker_with_password
 from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 from test_sink_store import ROOT, publish_all, unit_record
 
@@ -40,17 +39,7 @@ def test_the_settings_file_lands_records_where_it_says(broker, tmp_path):
 
 @pytest.mark.timeout(90)
 def test_tls_and_a_password_from_the_environment(pki, tmp_path):  # noqa: F811 (the fixture)
-    from fixtures_broker import Broker
-
-    pwfile = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "mes-sink", "s3cret"], check=True,
-                   capture_output=True)
-    pwfile.chmod(0o644)
-    b = Broker(tmp_path / "broker", allow_anonymous=False, listener_conf=(
-        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
-        f"password_file {pwfile}"))
-    if b.kind != "mosquitto":
-        pytest.skip("needs mosquitto (password file)")
+    b = tls_broker_with_password(pki, tmp_path)
     folder = tmp_path / "mes side"
     folder.mkdir()
     shutil.copy(pki["ca.pem"], folder / "plant-ca.pem")

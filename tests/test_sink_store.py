@@ -11,7 +11,7 @@ import time
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from sink_helpers import SinkProc, linetap, query
+from sink_helpers import SinkProc, linetap, query, tls_broker_with_password
 from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 
 from linetap.buffers.integrity import GENESIS, record_hash
@@ -232,19 +232,7 @@ def test_audit_verifies_chain_in_chunks(tmp_path, monkeypatch):
 @pytest.mark.timeout(90)
 def test_sink_tls_and_credentials(pki, tmp_path):  # noqa: F811 (the fixture)
     """A TLS broker that wants a user name and password: the right ones subscribe, a wrong one is exit 3."""
-    import subprocess
-
-    from fixtures_broker import Broker
-
-    pwfile = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "mes-sink", "s3cret"], check=True,
-                   capture_output=True)
-    pwfile.chmod(0o644)
-    b = Broker(tmp_path / "broker", allow_anonymous=False, listener_conf=(
-        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
-        f"password_file {pwfile}"))
-    if b.kind != "mosquitto":
-        pytest.skip("needs mosquitto (password file)")
+    b = tls_broker_with_password(pki, tmp_path)
     b.start()
     try:
         (tmp_path / "pw").write_text("s3cret\n")

@@ -78,6 +78,7 @@ def _from_options(broker: str | None, db: str | None, topic: str | None, share: 
                   ca_file: Path | None) -> tuple[dict, str]:
     """SinkOptions fields and the --db value, from the command line alone."""
     from linetap.config.models import TLSConfig
+    from linetap.config.sink import topic_filter_problem
 
     missing = [name for name, v in (("--broker", broker), ("--db", db)) if v is None]
     if missing:
@@ -86,10 +87,8 @@ def _from_options(broker: str | None, db: str | None, topic: str | None, share: 
     topic = "#" if topic is None else topic
     if share is not None and not re.match(r"^[^/+#\s]+$", share):
         raise typer.BadParameter("a group name without /, +, # or spaces", param_hint="--share")
-    levels = topic.split("/")
-    if not topic or any(("#" in lv or "+" in lv) and lv not in ("#", "+") for lv in levels) or "#" in levels[:-1]:
-        raise typer.BadParameter(f"{topic!r} is not an MQTT topic filter (e.g. acme/cork/# or #)",
-                                 param_hint="--topic")
+    if (problem := topic_filter_problem(topic)) is not None:
+        raise typer.BadParameter(problem, param_hint="--topic")
     password = _password(username, password_file)
     if ca_file is not None and not ca_file.is_file():
         raise typer.BadParameter(f"{ca_file} {'is a folder' if ca_file.is_dir() else 'does not exist'}",
