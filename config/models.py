@@ -57,17 +57,44 @@ class TLSConfig(Strict):
         return self
 
 
-class MQTTConfig(Strict):
-    """The plant broker the agent forwards to."""
+class BrokerLogin(Strict):
+    """Where a broker is and how to log in to it: the agent's `mqtt:` block and the sink's
+    (`config.sink`) both start with these."""
 
-    url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port (sets host, port, tls)")
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str | None = Field(None, description="defaults to linetap-<agent id>")
+    client_id: str | None = Field(None, description="defaults to linetap-<agent id> (the sink: "
+                                                    "linetap-sink-<hostname>); one per process")
     username: str | None = None
     password: SecretStr | None = Field(None, description="use ${ENV_VAR}, never a literal secret")
     password_file: Path | None = Field(None, description="file whose first line is the password")
     tls: TLSConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def password_value(self) -> str | None:
+        """The password (from `password` or the first line of `password_file`); None when not configured.
+        Raises linetap.config.secrets.FileProblem when password_file cannot be used."""
+        return secret_value(self.password, self.password_file)
+
+    def resolve_paths(self, base: Path) -> Self:
+        """Relative files (the password file, the TLS files) are relative to the config file's folder."""
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else base / p
+
+        tls = self.tls if self.tls is None else self.tls.model_copy(update={
+            k: fix(getattr(self.tls, k)) for k in ("ca_file", "cert_file", "key_file", "key_password_file")})
+        return self.model_copy(update={"password_file": fix(self.password_file), "tls": tls})
+
+
+class MQTTConfig(BrokerLogin):
+    """The plant broker the agent forwards to."""
+
+    url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port (sets host, port, tls)")
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     qos: Literal[1] = Field(1, description="QoS 1: at least once (the only mode that keeps the guarantee)")
     topic_root: str | None = Field(None, description="defaults to enterprise/site/area/line")
@@ -81,8 +108,6 @@ class MQTTConfig(Strict):
 
     @model_validator(mode="after")
     def _url(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
         if self.url is None:
             return self
         parsed = urlparse(self.url)
@@ -98,11 +123,6 @@ class MQTTConfig(Strict):
         if secure and self.tls is None:
             object.__setattr__(self, "tls", TLSConfig())
         return self
-
-    def password_value(self) -> str | None:
-        """The password (from `password` or the first line of `password_file`); None when not configured.
-        Raises linetap.config.secrets.FileProblem when password_file cannot be used."""
-        return secret_value(self.password, self.password_file)
 
 
 class BufferConfig(Strict):
@@ -187,14 +207,7 @@ class LineConfig(Strict):
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else base / p
 
-        mqtt = self.mqtt.model_copy(update={"password_file": fix(self.mqtt.password_file)})
-        if mqtt.tls is not None:
-            tls = mqtt.tls
-            mqtt = mqtt.model_copy(update={"tls": tls.model_copy(update={
-                "ca_file": fix(tls.ca_file), "cert_file": fix(tls.cert_file), "key_file": fix(tls.key_file)})})
-            if tls.key_password_file is not None:
-                mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update={
-                    "key_password_file": fix(tls.key_password_file)})})
+        mqtt = self.mqtt.resolve_paths(base)
         buffer = self.buffer.model_copy(update={"path": fix(self.buffer.path)})
         devices = [device.resolve_paths(base) for device in self.devices]
         return self.model_copy(update={"buffer": buffer, "mqtt": mqtt, "devices": devices})

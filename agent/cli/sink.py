@@ -77,7 +77,7 @@ def _from_options(broker: str | None, db: str | None, topic: str | None, share: 
                   session_expiry: int | None, username: str | None, password_file: Path | None,
                   ca_file: Path | None) -> tuple[dict, str]:
     """SinkOptions fields and the --db value, from the command line alone."""
-    from linetap.config.models import TLSConfig
+    from linetap.config.models import TOPIC_LEVEL, TLSConfig
     from linetap.config.sink import topic_filter_problem
 
     missing = [name for name, v in (("--broker", broker), ("--db", db)) if v is None]
@@ -85,7 +85,7 @@ def _from_options(broker: str | None, db: str | None, topic: str | None, share: 
         raise typer.BadParameter(f"give {' and '.join(missing)}, or the settings file with --config")
     host, port = _parse_broker(broker)
     topic = "#" if topic is None else topic
-    if share is not None and not re.match(r"^[^/+#\s]+$", share):
+    if share is not None and not re.match(TOPIC_LEVEL, share):
         raise typer.BadParameter("a group name without /, +, # or spaces", param_hint="--share")
     if (problem := topic_filter_problem(topic)) is not None:
         raise typer.BadParameter(problem, param_hint="--topic")
@@ -148,8 +148,8 @@ def sink(
         fields, db = _from_file(config, given)
     else:
         fields, db = _from_options(broker, db, topic, share, session_expiry, username, password_file, ca_file)
-    client_id = client_id or fields.pop("client_id", None) or f"linetap-sink-{socket.gethostname()}"
-    fields.pop("client_id", None)
+    in_file = fields.pop("client_id", None)
+    client_id = client_id or in_file or f"linetap-sink-{socket.gethostname()}"
     configure_logging("auto", "info")
     log = get_logger("linetap.agent.sink")
     opts = SinkOptions(**fields, client_id=client_id)
