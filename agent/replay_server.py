@@ -9,7 +9,9 @@ only `sent_at` differs): telemetry is read from the start of the `telemetry_batc
 (`MAX_RECORDS` unit records or events, `MAX_SAMPLES` samples a request: the MES asks again for the
 rest) and paced (`RATE` messages/s), so a request never crowds out live data (its messages share
 paho's in-flight window with the forwarder's, briefly). What the buffer no longer holds (purged
-after delivery by `buffer.retention`, or telemetry a gap event names) is logged as not available.
+after delivery by `buffer.retention`, or telemetry a gap event names) is logged as not available
+and answered with a `replay_unavailable` event (stream, seq_first, seq_last, requested_by, reason):
+the asker records the range as unrecoverable instead of asking again.
 
 Who may publish there is the broker's business: allow only the MES's sink user to write
 `+/+/+/+/_agent/+/replay` and each agent to read its own topic (README, "For the MES team").
@@ -80,6 +82,7 @@ class ReplayServer:
         self.batch = config.mqtt.telemetry_batch
         self.publish = publish
         self.served = 0
+        self.on_unavailable: Callable[[dict[str, Any]], None] | None = None  # the runtime writes the event
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUED)
 
     def on_message(self, loop: asyncio.AbstractEventLoop) -> Callable[..., None]:
@@ -126,10 +129,16 @@ class ReplayServer:
         sent, first_held = await (self._telemetry(req.from_seq, to_seq) if req.stream == "telemetry"
                                   else self._records(req.stream, req.from_seq, to_seq))
         if first_held is None or first_held > req.from_seq:
+            gone_to = to_seq if first_held is None else first_held - 1
+            if self.on_unavailable is not None:
+                self.on_unavailable({"stream": req.stream, "seq_first": req.from_seq, "seq_last": gone_to,
+                                     "requested_by": req.requested_by,
+                                     "reason": "not in the buffer: purged after delivery (buffer.retention) or "
+                                               "dropped and named by a gap event"})
             log.warning("replay: part of the range is not in the buffer (purged after delivery by retention, "
                         "or telemetry dropped and named by a gap event)",
                         stream=req.stream, not_available_from=req.from_seq,
-                        not_available_to=to_seq if first_held is None else first_held - 1,
+                        not_available_to=gone_to,
                         requested_by=req.requested_by)
         self.served += 1
         log.info("replay served", stream=req.stream, from_seq=req.from_seq, to_seq=to_seq, messages=sent,

@@ -83,6 +83,7 @@ class Agent:
         log.info("agent started", agent=cfg.agent.id, devices=len(cfg.devices), buffer=str(cfg.buffer.path),
                  broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}")
         self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)
+        self.forwarder.replays.on_unavailable = lambda data: self._put(Event("replay_unavailable", now_us(), data=data))
         damage: BufferDamaged | None = None
         try:
             try:

@@ -10,6 +10,7 @@
     db: postgresql://linetap@mes-db.plant.local/mes
     share: mes
     topic: "acme/#"
+    replay_after: 60s                         # ask the agent for a hole no gap event covers after this long
 
 The same loader as a line config: FILE:LINE errors, `${VAR}` substitution, no literal passwords,
 relative paths against the file's folder.
@@ -52,6 +53,9 @@ class SinkConfig(Strict):
     db: str = Field(min_length=1, description="postgresql://USER@HOST:PORT/DB, or a DuckDB file")
     topic: str = Field("#", description="topic filter; payloads are recognised by their linetap schema")
     share: str | None = Field(None, pattern=TOPIC_LEVEL, description="shared subscription group")
+    replay_after: Duration = Field(60.0, ge=0, description="how long a hole no gap event covers stays open before "
+                                                           "the agent is asked to re-send it (0: never ask)")
+    replay_attempts: int = Field(6, ge=1, description="requests for one range before it is recorded as unrecovered")
     allow_literal_secrets: bool = False
 
     @model_validator(mode="after")

@@ -113,6 +113,8 @@ async def test_purged_records_are_named_and_ranges_bounded(tmp_path, monkeypatch
         monkeypatch.setattr(replay_server, "MAX_RECORDS", 4)
         monkeypatch.setattr(replay_server, "RATE", 10_000.0)
         server = replay_server.ReplayServer(cfg, buf, encoder_for(cfg), lambda t, p: sent.append((t, p)) or True)
+        unavailable: list[dict] = []
+        server.on_unavailable = unavailable.append  # the runtime writes it as a replay_unavailable event
         with capture_logs() as logs:
             await server._serve(parse_request(b'{"stream": "events", "from_seq": 2, "requested_by": "mes-sink-1"}'))
     finally:
@@ -120,5 +122,7 @@ async def test_purged_records_are_named_and_ranges_bounded(tmp_path, monkeypatch
     assert [orjson.loads(p)["seq"] for _, p in sent] == [4, 5]  # 2..5 asked (bounded to 4), 2..3 purged
     missing = next(e for e in logs if e["event"].startswith("replay: part of the range is not in the buffer"))
     assert (missing["not_available_from"], missing["not_available_to"]) == (2, 3)
+    assert [(u["stream"], u["seq_first"], u["seq_last"], u["requested_by"]) for u in unavailable] == [
+        ("events", 2, 3, "mes-sink-1")]
     requested = next(e for e in logs if e["event"] == "replay requested")
     assert requested["truncated"] and requested["serving_to"] == 5

@@ -75,7 +75,7 @@ def _password(username: str | None, password_file: Path | None) -> str | None:
 
 def _from_options(broker: str | None, db: str | None, topic: str | None, share: str | None,
                   session_expiry: int | None, username: str | None, password_file: Path | None,
-                  ca_file: Path | None) -> tuple[dict, str]:
+                  ca_file: Path | None, replay_after: float | None, replay_attempts: int | None) -> tuple[dict, str]:
     """SinkOptions fields and the --db value, from the command line alone."""
     from linetap.config.models import TOPIC_LEVEL, TLSConfig
     from linetap.config.sink import topic_filter_problem
@@ -95,7 +95,9 @@ def _from_options(broker: str | None, db: str | None, topic: str | None, share: 
                                  param_hint="--ca-file")
     return dict(host=host, port=port, topic=topic, share=share, username=username, password=password,
                 session_expiry=7 * 86400 if session_expiry is None else session_expiry,
-                tls=TLSConfig(ca_file=ca_file) if ca_file else None), str(db)
+                tls=TLSConfig(ca_file=ca_file) if ca_file else None,
+                replay_after=60.0 if replay_after is None else replay_after,
+                replay_attempts=6 if replay_attempts is None else replay_attempts), str(db)
 
 
 def _from_file(config: Path, given: list[str]) -> tuple[dict, str]:
@@ -117,7 +119,8 @@ def _from_file(config: Path, given: list[str]) -> tuple[dict, str]:
         raise typer.Exit(EXIT_INPUT) from None
     m = cfg.mqtt
     return dict(host=m.host, port=m.port, topic=cfg.topic, share=cfg.share, username=m.username,
-                password=password, session_expiry=int(m.session_expiry), tls=m.tls, client_id=m.client_id), cfg.db
+                password=password, session_expiry=int(m.session_expiry), tls=m.tls, client_id=m.client_id,
+                replay_after=float(cfg.replay_after), replay_attempts=cfg.replay_attempts), cfg.db
 
 
 def sink(
@@ -136,6 +139,11 @@ def sink(
                                                     "or --password-file"),
     password_file: Path | None = typer.Option(None, help="file whose first line is the MQTT password"),
     ca_file: Path | None = typer.Option(None, help="CA certificate (PEM) of the broker: connect with TLS"),
+    replay_after: float | None = typer.Option(None, min=0, help="seconds a hole no gap event covers stays open "
+                                                               "before the agent is asked to re-send it (60; "
+                                                               "0: never ask)"),
+    replay_attempts: int | None = typer.Option(None, min=1, help="requests for one range, with doubling waits, "
+                                                               "before it is recorded as unrecovered (6)"),
 ) -> None:
     """Store every linetap record from the broker in a database, once each; PUBACK only after the commit."""
     from linetap.agent.logs import configure_logging, get_logger
@@ -144,10 +152,13 @@ def sink(
     if config is not None:
         given = [opt for opt, v in (("--broker", broker), ("--db", db), ("--topic", topic), ("--share", share),
                                     ("--session-expiry", session_expiry), ("--username", username),
-                                    ("--password-file", password_file), ("--ca-file", ca_file)) if v is not None]
+                                    ("--password-file", password_file), ("--ca-file", ca_file),
+                                    ("--replay-after", replay_after), ("--replay-attempts", replay_attempts))
+                 if v is not None]
         fields, db = _from_file(config, given)
     else:
-        fields, db = _from_options(broker, db, topic, share, session_expiry, username, password_file, ca_file)
+        fields, db = _from_options(broker, db, topic, share, session_expiry, username, password_file, ca_file,
+                                   replay_after, replay_attempts)
     in_file = fields.pop("client_id", None)
     client_id = client_id or in_file or f"linetap-sink-{socket.gethostname()}"
     configure_logging("auto", "info")

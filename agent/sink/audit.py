@@ -19,7 +19,7 @@ from linetap.agent.sink.db import Target
 from linetap.agent.sink.store import chain_findings, record_envelope
 from linetap.buffers.verify import _subtract  # the verifier's own interval arithmetic
 
-__all__ = ["StreamAudit", "audit", "held_ranges", "render"]
+__all__ = ["StreamAudit", "audit", "gap_events", "held_ranges", "holes", "render"]
 
 STREAM_TABLES = ("units", "events", "telemetry")
 
@@ -36,6 +36,7 @@ class StreamAudit:
     missing_covered: list[list[int]] = field(default_factory=list)  # covered by gap events
     chain_breaks: list[dict[str, Any]] = field(default_factory=list)
     duplicates_differ: list[dict[str, Any]] = field(default_factory=list)
+    unrecovered: list[dict[str, Any]] = field(default_factory=list)  # asked for, not recovered (sink_replays)
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,17 @@ def held_ranges(t: Target, stream: str, agent: str | None = None) -> dict[str, l
     return out
 
 
-def _gap_events(t: Target) -> dict[tuple[str, str], list[tuple[int, int]]]:
+def holes(ranges: list[list[int]]) -> list[tuple[int, int]]:
+    """The seqs missing below the last one held (seqs start at 1), from the held runs in order."""
+    out, expected = [], 1
+    for a, b in ranges:
+        if a > expected:
+            out.append((expected, a - 1))
+        expected = b + 1
+    return out
+
+
+def gap_events(t: Target) -> dict[tuple[str, str], list[tuple[int, int]]]:
     out: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for agent, body in t.execute("SELECT agent, body FROM events WHERE kind = 'gap'"):
         b = orjson.loads(body)
@@ -67,7 +78,8 @@ def _gap_events(t: Target) -> dict[tuple[str, str], list[tuple[int, int]]]:
 
 
 def audit(t: Target) -> list[StreamAudit]:
-    gaps = _gap_events(t)
+    gaps = gap_events(t)
+    unrecovered = _unrecovered(t)
     problems: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for agent, stream, seq, detail in t.execute("SELECT agent, stream, seq, detail FROM sink_problems "
                                                 "WHERE kind = 'duplicate_differs' ORDER BY agent, stream, seq"):
@@ -77,14 +89,10 @@ def audit(t: Target) -> list[StreamAudit]:
         for agent, ranges in held_ranges(t, stream).items():
             held = sum(b - a + 1 for a, b in ranges)
             sa = StreamAudit(agent, stream, held, ranges[0][0], ranges[-1][1], ranges,
-                             duplicates_differ=problems.pop((agent, stream), []))
-            holes, expected = [], 1
-            for a, b in ranges:
-                if a > expected:
-                    holes.append((expected, a - 1))
-                expected = b + 1
+                             duplicates_differ=problems.pop((agent, stream), []),
+                             unrecovered=unrecovered.get((agent, stream), []))
             covered = gaps.get((agent, stream), [])
-            for hole in holes:
+            for hole in holes(ranges):
                 left = _subtract(hole, covered)
                 sa.missing.extend([list(x) for x in left])
                 left_n = sum(y - x + 1 for x, y in left)
@@ -95,6 +103,14 @@ def audit(t: Target) -> list[StreamAudit]:
             out.append(sa)
     for (agent, stream), probs in problems.items():  # differing duplicates of a stream with no row left
         out.append(StreamAudit(agent, stream, 0, 0, 0, [], duplicates_differ=probs))
+    return out
+
+
+def _unrecovered(t: Target) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for agent, stream, a, b, detail in t.execute("SELECT agent, stream, seq_first, seq_last, detail FROM "
+                                                 "sink_replays WHERE outcome = 'unrecovered' ORDER BY noted_at"):
+        out.setdefault((agent, stream), []).append({"seq_first": int(a), "seq_last": int(b), "detail": detail})
     return out
 
 
@@ -133,6 +149,9 @@ def render(result: list[StreamAudit], where: str) -> str:
             lines.append(f"  missing: {n_missing} record(s), seq {_spans(sa.missing)}: never arrived and no gap "
                          "event covers them (ask the agent to re-send: linetap replay LINE.yaml --stream "
                          f"{sa.stream} --from-seq {sa.missing[0][0]} --to-seq {sa.missing[0][1]}, agent stopped)")
+        for u in sa.unrecovered:
+            lines.append(f"  asked the agent for seq {_spans([[u['seq_first'], u['seq_last']]])}, not recovered: "
+                         f"{u['detail']}")
         if sa.missing_covered:
             lines.append(f"  reported lost by the agent (gap events): seq {_spans(sa.missing_covered)}")
         for cb in sa.chain_breaks:

@@ -8,8 +8,10 @@
   received on an earlier connection is never acknowledged on a later one (its packet id may
   have been reused): the broker re-sends it, and the duplicate is stored once.
 - `--share GROUP` subscribes `$share/GROUP/<filter>`: several sinks split the load.
-- Payloads are dispatched on their `schema`; the agent's status is skipped; anything else on
-  the filter is acknowledged, counted and logged (a warning per kind of payload, then a count).
+- Payloads are dispatched on their `schema`; the agent's status and replay requests are skipped;
+  anything else on the filter is acknowledged, counted and logged (a warning per kind of payload,
+  then a count).
+- Holes no gap event covers are asked for from the agent after `replay_after` s (`recover.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from linetap.agent.logs import get_logger
 from linetap.agent.sink.db import Target, TargetError
+from linetap.agent.sink.recover import CHECK_EVERY, Recovery
 from linetap.agent.sink.store import Store, parse_payload
 from linetap.config.models import TLSConfig
 from linetap.config.secrets import FileProblem
@@ -59,6 +62,8 @@ class SinkOptions:
     username: str | None = None
     password: str | None = None
     tls: TLSConfig | None = None  # TLS (mqtts): the CA, a client certificate (config.models.TLSConfig)
+    replay_after: float = 60.0  # s a hole stays open before the agent is asked for it (0: never ask)
+    replay_attempts: int = 6  # requests for one range before it is recorded as unrecovered
 
     @property
     def subscription(self) -> str:
@@ -122,10 +127,18 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
         raise SinkError(f"cannot reach the MQTT broker at {where}: {cause} "
                         "(is it running, and is --broker HOST:PORT right?)") from None
     client.loop_start()
+
+    def publish(topic: str, payload: bytes) -> bool:
+        return connected.is_set() and client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+
+    recovery = (Recovery(target, opts.client_id, publish, after=opts.replay_after, attempts=opts.replay_attempts)
+                if opts.replay_after > 0 else None)
+    # telemetry holes are seen once its bookkeeping is refreshed: at least twice per replay delay
+    telemetry_every = min(REFRESH_TELEMETRY, max(opts.replay_after / 2, REFRESH_EVERY)) if recovery else REFRESH_TELEMETRY
     counts: Counter = Counter()
     foreign_seen: Counter = Counter()
     touched: set[tuple[str, str]] = set()
-    started = last_refresh = last_telemetry = time.monotonic()
+    started = last_refresh = last_telemetry = last_recover = time.monotonic()
     try:
         while True:
             if state["fatal"]:
@@ -135,12 +148,12 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
                                 "MQTT broker, and does it want TLS (--ca-file)?")
             batch = _take(inbox, stop)
             if batch:
-                _handle(batch, store, client, state, counts, foreign_seen, touched, stop)
+                _handle(batch, store, client, state, counts, foreign_seen, touched, stop, recovery)
             now = time.monotonic()
             final = stop.is_set() and not batch
             if touched and (now - last_refresh > REFRESH_EVERY or final):
                 # telemetry (the big table) less often than unit records and events
-                due = {k for k in touched if k[1] != "telemetry" or final or now - last_telemetry > REFRESH_TELEMETRY}
+                due = {k for k in touched if k[1] != "telemetry" or final or now - last_telemetry > telemetry_every}
                 if due:
                     try:
                         store.refresh_streams(due)
@@ -151,6 +164,14 @@ def run_sink(opts: SinkOptions, target: Target, stop: threading.Event) -> dict[s
                             raise
                         log.warning("sink could not update sink_streams: the database is away", error=str(err))
                 last_refresh = now
+            if recovery is not None and now - last_recover > CHECK_EVERY and not stop.is_set():
+                try:
+                    recovery.check(now)
+                except Exception as err:
+                    if not store.t.lost(err):
+                        raise
+                    log.warning("sink could not look for holes to ask for: the database is away", error=str(err))
+                last_recover = now
             if stop.is_set() and not batch and inbox.empty():
                 break
     finally:
@@ -177,7 +198,7 @@ def _take(inbox: queue.Queue, stop: threading.Event) -> list:
 
 
 def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: Counter, touched,
-            stop: threading.Event) -> None:
+            stop: threading.Event, recovery: Recovery | None) -> None:
     parsed = []
     for _gen, _mid, _qos, topic, payload in batch:
         p = parse_payload(payload)
@@ -189,8 +210,10 @@ def _handle(batch, store: Store, client, state, counts: Counter, foreign_seen: C
                 log.warning("sink ignored a payload that is not a linetap record", topic=topic, reason=p.reason,
                             ignored_so_far=n)
             continue
-        if p.kind == "status":
-            counts["status"] += 1
+        if recovery is not None and p.doc is not None and isinstance(p.doc.get("agent"), str):
+            recovery.saw(p.doc["agent"], topic)
+        if p.kind in ("status", "control"):
+            counts[p.kind] += 1
             continue
         parsed.append(p)
     if parsed:

@@ -28,7 +28,7 @@ TELEMETRY_COLUMNS = ("agent", "seq", "device", "station", "tag", "value", "quali
 
 @dataclass
 class Parsed:
-    kind: str  # telemetry | units | events | status | foreign
+    kind: str  # telemetry | units | events | status | control (a replay request) | foreign
     doc: dict[str, Any] | None = None
     reason: str = ""
 
@@ -44,11 +44,11 @@ def parse_payload(payload: bytes) -> Parsed:
     schema = doc["schema"]
     family = schema.split("/", 1)[0]
     kind = {"linetap.telemetry": "telemetry", "linetap.unit": "units", "linetap.event": "events",
-            "linetap.status": "status"}.get(family)
+            "linetap.status": "status", "linetap.replay_request": "control"}.get(family)
     if kind is None:
         return Parsed("foreign", reason=f"unknown schema {schema!r}")
-    if kind == "status":
-        return Parsed("status", doc)
+    if kind in ("status", "control"):
+        return Parsed(kind, doc)
     try:
         if not isinstance(doc["agent"], str) or not isinstance(doc["seq"], int) or doc["seq"] < 1:
             raise ValueError("agent/seq")
