@@ -128,6 +128,9 @@ def test_part_of_a_range_arriving_asks_for_the_rest(target) -> None:
     rec.check(8.0)
     rec.check(13.0)
     assert asked.spans() == [("events", 11, 30_000), ("events", 10_011, 30_000)]
+    held(target, "events", (1, 30_005))
+    rec.check(14.0)
+    assert replays(target)[-1] == ("events", 11, 30_000, "recovered", 2)  # the range first asked for
 
 
 def test_holes_covered_by_gap_events_are_not_asked_for(target) -> None:

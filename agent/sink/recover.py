@@ -64,7 +64,18 @@ def _meets(a: Span, b: Span) -> bool:
 class _Hole:
     first_seen: float
     next_at: float
-    attempts: int = 0
+    attempts: int = 0  # towards the limit: back to 0 when part of the range arrives
+    asked: int = 0  # requests in all
+    asked_span: Span | None = None  # the range first asked for (what the outcome is recorded for)
+
+
+def _inherit(before: list[_Hole], now: float, after: float, progress: bool) -> _Hole:
+    spans = [h.asked_span for h in before if h.asked_span is not None]
+    return _Hole(first_seen=min(h.first_seen for h in before),
+                 next_at=now + after if progress else min(h.next_at for h in before),
+                 attempts=0 if progress else max(h.attempts for h in before),
+                 asked=max(h.asked for h in before),
+                 asked_span=(min(a for a, _ in spans), max(b for _, b in spans)) if spans else None)
 
 
 class Recovery:
@@ -112,7 +123,7 @@ class Recovery:
 
     def _note_unavailable(self, raw: dict[Key, list[Span]], rows: list) -> None:
         """What agents said they no longer hold (`replay_unavailable` events), for ranges still missing."""
-        if not any(h.attempts for tracked in self.tracked.values() for h in tracked.values()):
+        if not any(h.asked for tracked in self.tracked.values() for h in tracked.values()):
             return
         for agent, body in self.t.execute("SELECT agent, body FROM events WHERE kind = 'replay_unavailable'"):
             b = orjson.loads(body)
@@ -141,19 +152,17 @@ class Recovery:
             if not before:
                 new[span] = _Hole(first_seen=now, next_at=now + self.after)
                 continue
-            progress = any(s != span for s, _ in old.items() if _meets(s, span))
-            new[span] = _Hole(first_seen=min(h.first_seen for h in before),
-                              next_at=now + self.after if progress else min(h.next_at for h in before),
-                              attempts=0 if progress else max(h.attempts for h in before))
+            new[span] = _inherit(before, now, self.after, any(s != span for s in old if _meets(s, span)))
         for span, h in old.items():  # closed: nothing of it is still missing
-            if h.attempts and not any(_meets(span, s) for s in missing):
-                still = [p for p in raw if _meets(p, span)]
+            if h.asked and not any(_meets(span, s) for s in missing):
+                first = h.asked_span or span
+                still = [p for p in raw if _meets(p, first)]
                 if not still:
-                    rows.append((agent, stream, "recovered", h.attempts, span, "arrived after the request"))
-                    log.info("sink recovered a range", agent=agent, stream=stream, seq_first=span[0],
-                             seq_last=span[1], attempts=h.attempts)
+                    rows.append((agent, stream, "recovered", h.asked, first, "arrived after the request"))
+                    log.info("sink recovered a range", agent=agent, stream=stream, seq_first=first[0],
+                             seq_last=first[1], requests=h.asked)
                 elif not _minus(still, covered):
-                    rows.append((agent, stream, "covered", h.attempts, span,
+                    rows.append((agent, stream, "covered", h.asked, first,
                                  "a gap event of the agent names it: reported lost at the source"))
         for span, h in new.items():
             if now < h.next_at:
@@ -167,8 +176,10 @@ class Recovery:
                 continue
             if self._ask(agent, stream, span):
                 h.attempts += 1
+                h.asked += 1
+                h.asked_span = h.asked_span or span
                 h.next_at = now + min(self.after * 2 ** h.attempts, MAX_BACKOFF)
-                rows.append((agent, stream, "requested", h.attempts, span,
+                rows.append((agent, stream, "requested", h.asked, span,
                              f"open {now - h.first_seen:.0f} s; asked by {self.requested_by}"))
         self.tracked[key] = {s: h for s, h in new.items() if not (key in self.unrecovered
                                                                   and s in self.unrecovered[key])}
