@@ -10,6 +10,7 @@ import time
 
 import orjson
 import pytest
+from fixtures_broker import MQTTCapture
 from sink_helpers import SinkProc, linetap, query, tls_broker_with_password
 from test_config_tls import pki  # noqa: F401 (fixture: a CA, server and client certificates)
 from test_sink_store import ROOT, publish_all, unit_record
@@ -27,14 +28,22 @@ def write(folder, text: str):
 def test_the_settings_file_lands_records_where_it_says(broker, tmp_path):
     folder = tmp_path / "mes side"
     cfg = write(folder, f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n  session_expiry: 1h\n"
-                        f"db: mes sink.duckdb\ntopic: \"{ROOT}/#\"\n")
+                        f"db: mes sink.duckdb\ntopic: \"{ROOT}/#\"\nreplay_after: 1s\nreplay_attempts: 1\n")
+    asks = MQTTCapture(broker.host, broker.port, (f"{ROOT}/_agent/+/replay",)).start()
     sink = SinkProc(None, None, tmp_path / "sink.log", "--config", str(cfg), client_id="mes-sink-a")
     try:
-        publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(unit_record(1, GENESIS, "SN-1")))])
+        first = unit_record(1, GENESIS, "SN-1")
+        publish_all(broker, [(f"{ROOT}/sealer1/units", orjson.dumps(first)),
+                             (f"{ROOT}/sealer1/units", orjson.dumps(unit_record(3, "f" * 64, "SN-3")))])
+        # seq 2 never comes: asked for after replay_after, once (replay_attempts)
+        request = orjson.loads(asks.wait_for(lambda m: m, timeout=20)[0].payload)
         time.sleep(1.0)
     finally:
         sink.stop()
-    assert query(str(folder / "mes sink.duckdb"), "SELECT seq, serial FROM units") == [(1, "SN-1")]
+        asks.close()
+    assert query(str(folder / "mes sink.duckdb"), "SELECT seq, serial FROM units") == [(1, "SN-1"), (3, "SN-3")]
+    assert (request["stream"], request["from_seq"], request["to_seq"], request["requested_by"]) == (
+        "units", 2, 2, "mes-sink-a")
 
 
 @pytest.mark.timeout(90)
@@ -65,8 +74,10 @@ def test_tls_and_a_password_from_the_environment(pki, tmp_path):  # noqa: F811 (
     ("mqtt:\n  host: h\n  password_file: sink.pw\ndb: x.duckdb\n", "", "a password needs a username"),
     ("mqtt:\n  host: h\ndb: x.duckdb\ntopic: a/#/b\n", ":4", "not an MQTT topic filter"),
     ("mqtt:\n  host: h\n  tls:\n    ca_file: nowhere.pem\ndb: x.duckdb\n", ":4", "nowhere.pem"),
+    ("mqtt:\n  host: h\ndb: x.duckdb\nreplay_attempts: 0\n", ":4", "replay_attempts"),
+    ("mqtt:\n  host: h\ndb: x.duckdb\nreplay_after: soon\n", ":4", "replay_after"),
 ], ids=["unknown-key", "literal-password", "missing-password-file", "password-without-user", "bad-filter",
-        "missing-ca"])
+        "missing-ca", "zero-replay-attempts", "replay-after-not-a-duration"])
 def test_a_wrong_settings_file_is_exit_2_with_file_and_line(tmp_path, text, where, words):
     (tmp_path / "mes side").mkdir()
     (tmp_path / "mes side" / "sink.pw").write_text("s3cret\n")
