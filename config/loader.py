@@ -124,7 +124,8 @@ def literal_secrets(data: Any, lines: dict[Path_, int], file: str) -> list[Confi
             if key in SECRET_KEYS and isinstance(value, str) and value and "${" not in value:
                 out.append(ConfigIssue(file, line_of((*path, key), lines), format_path((*path, key)),
                                        f"a password written in the file: give it as ${{ENV_VAR}} (set in the "
-                                       f"agent's environment){' or in a password file' if key == 'password' else ''}"
+                                       f"environment of the process that reads this file)"
+                                       f"{' or in a password file' if key == 'password' else ''}"
                                        "; for a test, set `allow_literal_secrets: true` at the top of the file"))
             else:
                 walk(value, (*path, key))
