@@ -27,6 +27,7 @@ import structlog
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine
+from linetap.agent.sd_notify import Notifier
 from linetap.agent.sidecar import sidecar_path, write_sidecar
 from linetap.agent.status_file import AgentStats, DeviceStatus, status_path, write_status_file
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferDamaged, BufferWriteFailed, keep_copies
@@ -95,10 +96,14 @@ class Agent:
                                tg.create_task(self._records_writer(), name="records-writer")]
                     forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
                     replays = tg.create_task(self.forwarder.replays.run(), name="replay-requests")
+                    notifier = Notifier()
+                    watchdog = tg.create_task(notifier.watchdog(), name="systemd-watchdog")
                     self.ready.set()
+                    notifier.ready(f"collecting: {len(cfg.devices)} devices, buffer {cfg.buffer.path}")
                     await stop.wait()
                     log.info("agent stopping")
-                    await _cancel_all([*devices, house, replays])
+                    notifier.stopping()
+                    await _cancel_all([*devices, house, replays, watchdog])
                     await self._records.join()  # the writers have committed everything produced
                     await self._queue.join()
                     for writer in writers:

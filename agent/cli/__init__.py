@@ -7,7 +7,7 @@ commands in `linetap --help`.
 from __future__ import annotations
 
 # isort: off
-from . import validate, run, simulate, demo, export, replay, verify, certs, browse, sink, archive  # noqa: F401
+from . import validate, run, simulate, demo, export, replay, verify, certs, browse, sink, archive, service  # noqa: F401,E501
 # isort: on
 from .common import app
 

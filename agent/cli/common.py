@@ -45,8 +45,9 @@ def load_or_exit(path: Path, check_buffer: bool = False):
 EXIT_RUNTIME = 3  # the agent could not start or stopped on an error (buffer, permissions, ...)
 
 
-def run_until_signal(coro_factory):
-    """Run `coro_factory(stop)` with SIGINT/SIGTERM setting `stop` (a clean, flushed shutdown); return its result."""
+def run_until_signal(coro_factory, on_hangup=None):
+    """Run `coro_factory(stop)` with SIGINT/SIGTERM setting `stop` (a clean, flushed shutdown); return its result.
+    `on_hangup`: called on SIGHUP (systemd's ExecReload) instead of the default, which would kill the process."""
     import asyncio
     import signal
 
@@ -55,6 +56,8 @@ def run_until_signal(coro_factory):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         return await coro_factory(stop)
 
     return asyncio.run(main())
