@@ -40,6 +40,7 @@ class _Unit:
     operator: Any
     started_at: int
     params: list[_ParamState]
+    components: dict[str, Any] | None = None  # component name -> its lot (stations with `components:`)
     incomplete: list[str] = field(default_factory=list)
     seen_from: int | None = None  # first poll seen, when the agent missed the cycle's beginning
     interrupted: dict[str, int] | None = None  # resumed after a restart: {"from", "to"} without data
@@ -194,6 +195,7 @@ class StationAssembler:
         self.unit = _Unit(
             serial=serial,
             lot=self._current.get(cfg.lot) if cfg.lot else None,
+            components={name: self._current.get(tag) for name, tag in cfg.components.items()} or None,
             operator=operator,
             started_at=ts,
             params=[_ParamState(p) for p in cfg.parameters],
@@ -208,6 +210,8 @@ class StationAssembler:
                     if t is not None and t.tag in self._current}
         data = {"serial": serial, "lot": self.unit.lot, "operator": operator, "started_at": ts,
                 "triggers": triggers, "config_version": self.config_version}
+        if self.unit.components is not None:
+            data["components"] = self.unit.components
         if serial_changed:
             data["serial_changed_mid_cycle"] = True
         elif self.unit.after_loss:
@@ -222,7 +226,7 @@ class StationAssembler:
         """The unit a previous agent left open: resumed if it is still the unit in progress, else closed."""
         p, self.pending = self.pending, None
         self.unit = _Unit(serial=p.serial, lot=p.lot, operator=p.operator, started_at=p.started_at,
-                          params=[_ParamState(s) for s in self.cfg.parameters], seen_from=ts,
+                          params=[_ParamState(s) for s in self.cfg.parameters], components=p.components, seen_from=ts,
                           interrupted={"from": p.stopped_at, "to": ts})
         if why is None and resume.still_in_progress(self.cfg, p, self._current, serial):
             log.warning("unit resumed after an agent restart", station=self.cfg.name, serial=p.serial,
@@ -357,6 +361,8 @@ class StationAssembler:
             "reasons": reasons,
             "config_version": self.config_version,
         }
+        if unit.components is not None:
+            record["components"] = unit.components
         if unit.interrupted:
             record["interrupted"] = unit.interrupted
         if unit.serial_changed:

@@ -40,6 +40,7 @@ class OpenUnit:
     started_at: int
     triggers: dict[str, Any]  # trigger tag -> its value when the unit started
     stopped_at: int  # the previous agent's last committed reading of the device (>= started_at)
+    components: dict[str, Any] | None = None  # component name -> lot, read at the start
 
     @classmethod
     def from_event(cls, body: dict[str, Any], stopped_at: int | None) -> OpenUnit:
@@ -47,7 +48,8 @@ class OpenUnit:
         return cls(station=body["station"], device=body.get("device"), serial=body.get("serial"),
                    lot=body.get("lot"), operator=body.get("operator"), started_at=started,
                    triggers=dict(body.get("triggers") or {}),
-                   stopped_at=max(started, stopped_at or started))
+                   stopped_at=max(started, stopped_at or started),
+                   components=dict(body["components"]) if body.get("components") is not None else None)
 
 
 def split_open_units(opened: list[dict[str, Any]], stopped_at: dict[str, int | None], stations: set[str]

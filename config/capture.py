@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .issues import unique_names
+from .issues import At, unique_names
 from .units import Duration
+
+_COMPONENT_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 class Strict(BaseModel):
@@ -104,6 +107,9 @@ class StationCapture(Strict):
     device: str = Field(description="the device whose tags describe this station")
     serial: SerialSource
     lot: str | None = Field(None, description="tag holding the lot / work order")
+    components: dict[str, str] = Field(
+        default_factory=dict, description="genealogy: component name -> tag holding the lot (or serial) of "
+        "that component, read when the unit starts, e.g. {pouch_film: film_lot}")
     operator: OperatorSource | None = None
     start: Trigger
     end: Trigger | None = Field(None, description="default: the opposite edge of a rising/falling start; "
@@ -114,6 +120,9 @@ class StationCapture(Strict):
     @model_validator(mode="after")
     def _unique(self) -> Self:
         unique_names(self.parameters, "parameters", "parameter")
+        for name in self.components:
+            if not _COMPONENT_NAME.fullmatch(name):
+                raise At(("components", name), f"component name {name!r}: use letters, digits, _ . -")
         return self
 
     @property
@@ -132,6 +141,7 @@ class StationCapture(Strict):
             out.append((("end", "tag"), self.end.tag))
         if self.lot:
             out.append((("lot",), self.lot))
+        out.extend((("components", name), tag) for name, tag in self.components.items())
         if self.operator and self.operator.tag:
             out.append((("operator", "tag"), self.operator.tag))
         out.extend((("parameters", i, "tag"), p.tag) for i, p in enumerate(self.parameters) if p.tag)
@@ -143,6 +153,7 @@ class StationCapture(Strict):
             out.add(self.end.tag)
         if self.lot:
             out.add(self.lot)
+        out.update(self.components.values())
         if self.operator and self.operator.tag:
             out.add(self.operator.tag)
         out.update(p.tag for p in self.parameters if p.tag)

@@ -24,7 +24,8 @@ Holding registers (function 3), the station:
     38     2     float32  pressure_high
     40     2     float32  dwell_low
     42     2     float32  dwell_high
-    44..999             unused, read as 0 (reads may span them)
+    44     8     string   film_lot          pouch-film lot of the current/next unit (16 chars)
+    52..999             unused, read as 0 (reads may span them)
     1000..1099          known-value block (KNOWN_VALUES)
     1100..1999          not mapped: exception 2 (illegal data address)
     2000..3999          bulk block (BULK_ADDRESS): 1000 float32 values that change with time,
@@ -41,6 +42,26 @@ Input registers (function 4), the same process values as a PLC's scaled integers
 
 Coils (function 1): 0 cycle_active; 1000..1099 known bits.
 Discrete inputs (function 2): 0 cycle_active, 1 ramping, 2 holding, 3 idle; 1000..1099 known bits.
+
+The leak tester downstream (`leak_tester.py`) answers on unit id LEAK_TESTER_UNIT_ID (2) of the
+same server; holding registers (function 3) 0..99, nothing else mapped:
+
+    addr   regs  type     tag               meaning
+    0      2     float32  pressure          live test pressure, mbar (0 while idle)
+    2      2     float32  test_pressure     fill pressure of the last completed test, mbar
+    4      2     float32  pressure_decay    pressure decay of the last completed test, mbar
+    6      2     uint32   unit_count        completed tests
+    8      1     bit      status            bit 0 cycle_active, bit 1 filling, bit 2 measuring
+    9      1     uint16   state             0 idle, 1 fill, 2 measure
+    10     10    string   serial            serial of the unit under test / last tested
+    20     8     string   operator          operator badge id
+    28     1     uint16   result            last test: 0 none yet, 1 pass, 2 fail
+    29     1     -        (0)
+    30     2     uint32   rejects           completed tests that failed
+    32     2     float32  test_pressure_low limits (constants of the leak tester model)
+    34     2     float32  test_pressure_high
+    36     2     float32  decay_low
+    38     2     float32  decay_high
 """
 
 from __future__ import annotations
@@ -71,6 +92,25 @@ STATION_TAGS: list[dict[str, Any]] = [
     {"name": "serial", "table": "holding", "address": 10, "type": "string", "length": 10},
     {"name": "operator", "table": "holding", "address": 20, "type": "string", "length": 8},
     {"name": "setpoint", "table": "holding", "address": 28, "type": "float32", "unit": "degC"},
+    {"name": "rejects", "table": "holding", "address": 30, "type": "uint32"},
+]
+
+#: The sealer's pouch-film lot (a component of the unit), after the station tags above.
+FILM_LOT_TAG: dict[str, Any] = {"name": "film_lot", "table": "holding", "address": 44, "type": "string",
+                                "length": 8}
+
+LEAK_TESTER_UNIT_ID = 2
+LEAK_TESTER_SIZE = 100
+LEAK_TESTER_TAGS: list[dict[str, Any]] = [
+    {"name": "pressure", "table": "holding", "address": 0, "type": "float32", "unit": "mbar"},
+    {"name": "test_pressure", "table": "holding", "address": 2, "type": "float32", "unit": "mbar"},
+    {"name": "pressure_decay", "table": "holding", "address": 4, "type": "float32", "unit": "mbar"},
+    {"name": "unit_count", "table": "holding", "address": 6, "type": "uint32"},
+    {"name": "cycle_active", "table": "holding", "address": 8, "type": "bit", "bit": 0},
+    {"name": "state", "table": "holding", "address": 9, "type": "uint16"},
+    {"name": "serial", "table": "holding", "address": 10, "type": "string", "length": 10},
+    {"name": "operator", "table": "holding", "address": 20, "type": "string", "length": 8},
+    {"name": "result", "table": "holding", "address": 28, "type": "uint16"},
     {"name": "rejects", "table": "holding", "address": 30, "type": "uint32"},
 ]
 

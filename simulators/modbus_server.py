@@ -7,7 +7,8 @@ same port, `freeze(name, value)`, `fail_range(table, address, count, code)` (Mod
 
 Values are taken from the model on every request (the model is moved to the server's clock
 first), so one request is one consistent snapshot; the whole station area of the holding
-registers fits in one read.
+registers fits in one read. Given a `LeakTesterModel` (downstream of the same sealer model), the
+server also answers as the leak tester on unit id 2 (`LEAK_TESTER_UNIT_ID`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .leak_tester import DECAY_LIMITS, TEST_PRESSURE_LIMITS, LeakState, LeakTesterModel
 from .modbus_register_map import (
     BITS_SIZE,
     BULK_ADDRESS,
@@ -34,6 +36,8 @@ from .modbus_register_map import (
     HOLDING_SIZE,
     INPUT_SIZE,
     KNOWN_REGISTERS,
+    LEAK_TESTER_SIZE,
+    LEAK_TESTER_UNIT_ID,
 )
 from .served import ServedStation
 from .station import (
@@ -50,9 +54,12 @@ log = structlog.get_logger("linetap.simulators.modbus")
 FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 15: "coil", 6: "holding",
             16: "holding", 22: "holding", 23: "holding"}
 
-_STATION_STRUCT = struct.Struct(">fffIHH20s16sfI6f")
+_STATION_STRUCT = struct.Struct(">fffIHH20s16sfI6f16s")
 _STATION_REGS = _STATION_STRUCT.size // 2
 _STATION_WORDS = struct.Struct(f">{_STATION_REGS}H")
+_LEAK_STRUCT = struct.Struct(">fffIHH20s16sHHI4f")
+_LEAK_REGS = _LEAK_STRUCT.size // 2
+_LEAK_WORDS = struct.Struct(f">{_LEAK_REGS}H")
 _INPUT_STRUCT = struct.Struct(">hHHI")  # unit_count packed big-endian, then word-swapped below
 
 
@@ -112,7 +119,8 @@ class ModbusStationServer(ServedStation):
     """Serves a `StationModel` over Modbus TCP, with fault injection for tests.
 
     `clock`: model seconds now (default: `speed` x seconds since the first `start()`); tests pass
-    their own to move the model explicitly.
+    their own to move the model explicitly. `leak_tester`: a `LeakTesterModel` fed by `model`,
+    served on unit id `leak_unit_id` (faults other than `set_delay` apply to the sealer only).
     """
 
     def __init__(
@@ -124,10 +132,19 @@ class ModbusStationServer(ServedStation):
         *,
         clock: Callable[[], float] | None = None,
         speed: float = 1.0,
+        leak_tester: LeakTesterModel | None = None,
+        leak_unit_id: int = LEAK_TESTER_UNIT_ID,
     ) -> None:
         super().__init__(model, clock, speed)
+        if leak_tester is not None and leak_tester.sealer is not model:
+            raise ValueError("the leak tester must be fed by the served sealer model")
+        if leak_tester is not None and leak_unit_id == unit_id:
+            raise ValueError("the leak tester needs a unit id of its own")
         self.host = host
         self.unit_id = unit_id
+        self.leak_tester = leak_tester
+        self.leak_unit_id = leak_unit_id
+        self.leak_requests = 0
         self._requested_port = port
         self._port: int | None = None
         self._server: _StationTcpServer | None = None
@@ -150,6 +167,15 @@ class ModbusStationServer(ServedStation):
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    def _devices(self) -> SimDevice | list[SimDevice]:
+        if self.leak_tester is None:
+            return self._device()
+        blank = [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)]
+        leak = SimDevice(id=self.leak_unit_id, action=self._leak_action, simdata=(
+            blank, blank, [SimData(address=0, values=[0] * LEAK_TESTER_SIZE, datatype=DataType.REGISTERS)],
+            [SimData(address=0, values=[0] * 16, datatype=DataType.REGISTERS)]))
+        return [self._device(), leak]
 
     def _device(self) -> SimDevice:
         def block(table: str, size: int) -> list[SimData]:
@@ -178,12 +204,13 @@ class ModbusStationServer(ServedStation):
         if self._server is not None:
             return
         port = self._port if self._port is not None else self._requested_port
-        server = _StationTcpServer(self._device(), address=(self.host, port), trace_pdu=self._trace_pdu)
+        server = _StationTcpServer(self._devices(), address=(self.host, port), trace_pdu=self._trace_pdu)
         await server.serve_forever(background=True)
         self._server = server
         self._port = server.transport.sockets[0].getsockname()[1]
         self._start_clock()
-        log.info("modbus simulator listening", host=self.host, port=self._port, unit_id=self.unit_id)
+        log.info("modbus simulator listening", host=self.host, port=self._port, unit_id=self.unit_id,
+                 leak_tester_unit_id=self.leak_unit_id if self.leak_tester else None)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -305,6 +332,24 @@ class ModbusStationServer(ServedStation):
             registers[-start_address] = (registers[-start_address] & ~0xF) | bits
         return None
 
+    async def _leak_action(self, function_code: int, start_address: int, address: int, count: int,
+                           registers: list[int], set_values: Any) -> ExcCodes | None:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        self.leak_requests += 1
+        if set_values is None and FC_TABLE.get(function_code) == "holding" and start_address <= 0 \
+                and address < _LEAK_REGS:
+            snap = self.leak_tester.step(self.model_time())
+            status = (int(snap.cycle_active) | int(snap.state is LeakState.FILL) << 1
+                      | int(snap.state is LeakState.MEASURE) << 2)
+            raw = _LEAK_STRUCT.pack(
+                snap.pressure, snap.test_pressure, snap.pressure_decay, snap.unit_count & 0xFFFFFFFF, status,
+                int(snap.state), snap.serial.encode("utf-8")[:20], snap.operator.encode("utf-8")[:16], snap.result,
+                0, snap.rejects & 0xFFFFFFFF, TEST_PRESSURE_LIMITS.low, TEST_PRESSURE_LIMITS.high,
+                DECAY_LIMITS.low, DECAY_LIMITS.high)
+            registers[-start_address:-start_address + _LEAK_REGS] = _LEAK_WORDS.unpack(raw)
+        return None
+
     @staticmethod
     def _fill_bulk(t: float, registers: list[int], start_address: int, address: int, count: int) -> None:
         lo = max(address, BULK_ADDRESS) - BULK_ADDRESS
@@ -323,7 +368,7 @@ class ModbusStationServer(ServedStation):
             snap.serial.encode("utf-8")[:20], snap.operator.encode("utf-8")[:16], snap.setpoint,
             snap.rejects & 0xFFFFFFFF,
             TEMPERATURE_LIMITS.low, TEMPERATURE_LIMITS.high, PRESSURE_LIMITS.low, PRESSURE_LIMITS.high,
-            DWELL_LIMITS.low, DWELL_LIMITS.high,
+            DWELL_LIMITS.low, DWELL_LIMITS.high, snap.film_lot.encode("utf-8")[:16],
         )
 
 
@@ -341,13 +386,19 @@ async def serve_modbus(
     unit_id: int = 1,
     speed: float = 1.0,
     stop: asyncio.Event | None = None,
+    leak_tester: bool = True,
 ) -> None:
-    """Serve a heat-sealing station until `stop` is set (or forever): `linetap simulate modbus`."""
+    """Serve a heat-sealing station (unit id `unit_id`) and the leak tester downstream of it (unit id
+    2, unless `leak_tester` is false) until `stop` is set (or forever): `linetap simulate modbus`."""
     model = StationModel(seed=seed, cycle_time=cycle_time, out_of_limit_share=out_of_limit_share,
                          keep_units=10_000)
-    server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id, speed=speed)
+    tester = LeakTesterModel(model, seed=seed, keep_units=10_000) if leak_tester else None
+    leak_unit_id = LEAK_TESTER_UNIT_ID if unit_id != LEAK_TESTER_UNIT_ID else LEAK_TESTER_UNIT_ID + 1
+    server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id, speed=speed, leak_tester=tester,
+                                 leak_unit_id=leak_unit_id)
     await server.start()
     log.info("heat-sealer simulator running", endpoint=f"{host}:{server.port}", unit_id=unit_id,
+             leak_tester_unit_id=leak_unit_id if tester else None,
              cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)
     try:
         if stop is None:

@@ -1,4 +1,5 @@
 """The OPC UA simulator's address space: the station's variables, the known values, the bulk items.
+(The leak tester downstream is served over Modbus only.)
 
 Address space (namespace `NAMESPACE_URI`; node ids are strings, e.g. `ns=2;s=Sealer1.Temperature`)::
 
@@ -15,6 +16,7 @@ Address space (namespace `NAMESPACE_URI`; node ids are strings, e.g. `ns=2;s=Sea
           State         Int32          0 idle, 1 ramp, 2 hold
           Setpoint      Double   degC  temperature setpoint
           Rejects       UInt32         completed units made out of limits
+          FilmLot       String         pouch-film lot of the current/next unit
         Known/                    (folder) one variable per built-in type, fixed values (KNOWN_VALUES)
         Bulk/                     (folder, only with bulk_count > 0) B00000... Double, i + sin(t + i/10)
 
@@ -44,6 +46,7 @@ STATION_VARIABLES: list[tuple[str, str, ua.VariantType, tuple[str, str] | None, 
     ("State", "state", ua.VariantType.Int32, None, None),
     ("Setpoint", "setpoint", ua.VariantType.Double, ("CEL", "degC"), (0.0, 300.0)),
     ("Rejects", "rejects", ua.VariantType.UInt32, None, None),
+    ("FilmLot", "film_lot", ua.VariantType.String, None, None),
 ]
 
 # Tag-map entries for the station (what `linetap browse` finds, with linetap's tag names).

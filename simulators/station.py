@@ -21,6 +21,9 @@ Timeline of one unit (all times in *model seconds*; `step(now)` moves the model 
 - serial: `{serial_prefix}{n:06d}` of the current unit while sealing, of the last one while idle.
 - operator: a badge id from `OPERATORS`, changing every `units_per_operator` units; the badge of
   the next unit shows from the end of the previous unit (operators badge in before the cycle).
+- film_lot: the pouch-film lot scanned for the unit (`PF-{yyww}-{nnnn}`), a new roll every
+  `units_per_lot` units; like the badge, the next unit's lot shows from the end of the previous
+  unit. Lots come from their own RNG (seeded from `seed`), so they change none of the other values.
 
 Every unit is planned (drawn from the seeded RNG) when the previous one ends, in unit order, so the
 produced units do not depend on how often `step` is called: the same seed gives the same units.
@@ -34,7 +37,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -101,6 +104,7 @@ class StationSnapshot:
     unit_count: int  # completed units
     setpoint: float  # degC, the nominal temperature setpoint
     rejects: int  # completed units that were made out of limits (a PLC's reject counter)
+    film_lot: str = ""  # pouch-film lot of the current (or next) unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class UnitTruth:
     out_of_limit: bool
     out_of_limit_parameter: str | None  # "temperature" | "pressure" | "dwell"
     out_of_limit_direction: str | None  # "high" | "low"
+    film_lot: str = ""  # the pouch-film lot the unit was sealed from
 
     @property
     def cycle_time(self) -> float:
@@ -152,6 +157,7 @@ class _Plan:
     out_of_limit: bool
     parameter: str | None
     direction: str | None
+    film_lot: str
 
     def temperature_at_hold(self, t: float, tick: float) -> float:
         k = int((t - self.hold_start) / tick)
@@ -177,6 +183,7 @@ class StationModel:
         serial_prefix: str = "SN-",
         first_serial: int = 1,
         units_per_operator: int = 20,
+        units_per_lot: int = 25,
         tick: float = 0.05,
         start_time: float = 0.0,
         keep_units: int | None = None,
@@ -198,8 +205,8 @@ class StationModel:
             raise ValueError(f"out_of_limit_parameters must be a non-empty subset of {sorted(LIMITS)}")
         if not 0 < out_of_limit_excess[0] <= out_of_limit_excess[1]:
             raise ValueError("out_of_limit_excess must be (low, high) with 0 < low <= high")
-        if units_per_operator < 1 or tick <= 0:
-            raise ValueError("units_per_operator must be >= 1 and tick > 0")
+        if units_per_operator < 1 or units_per_lot < 1 or tick <= 0:
+            raise ValueError("units_per_operator and units_per_lot must be >= 1 and tick > 0")
         self.seed = seed
         self.cycle_time = cycle_time
         self.idle_time = idle_time
@@ -211,6 +218,12 @@ class StationModel:
         self.units_per_operator = units_per_operator
         self.tick = tick
         self._rng = random.Random(seed)
+        self.units_per_lot = units_per_lot
+        self._lot_rng = random.Random(f"film-lot:{seed}")  # its own: lots change no other value
+        self._lot_week = self._lot_rng.randrange(2601, 2653)
+        self._lot_number = self._lot_rng.randrange(1, 500)
+        self._film_lot = self._lot_name()
+        self._listeners: list[Callable[[UnitTruth], None]] = []
         self._next_serial = first_serial
         self._operator = self._rng.choice(OPERATORS)
         self._now = start_time
@@ -222,11 +235,23 @@ class StationModel:
 
     # --- planning ------------------------------------------------------------------------
 
+    def _lot_name(self) -> str:
+        return f"PF-{self._lot_week}-{self._lot_number:04d}"
+
+    def _next_lot(self) -> str:
+        self._lot_number += self._lot_rng.randrange(1, 4)  # rolls of one delivery, not all used here
+        if self._lot_number > 9999 or self._lot_rng.random() < 0.1:  # a new delivery
+            self._lot_week = 2601 + (self._lot_week - 2601 + 1) % 52
+            self._lot_number = self._lot_rng.randrange(1, 500)
+        return self._lot_name()
+
     def _plan(self, start: float) -> _Plan:
         rng = self._rng
         index = self._unit_count + 1
         if index > 1 and (index - 1) % self.units_per_operator == 0:
             self._operator = rng.choice([op for op in OPERATORS if op != self._operator])
+        if index > 1 and (index - 1) % self.units_per_lot == 0:
+            self._film_lot = self._next_lot()
         serial = f"{self.serial_prefix}{self._next_serial:06d}"
         self._next_serial += 1
 
@@ -260,7 +285,7 @@ class StationModel:
         )
         hold_start = start + self.ramp_time
         return _Plan(index, serial, self._operator, start, hold_start, hold_start + dwell, setpoint,
-                     noise, pressure, dwell, out_of_limit, parameter, direction)
+                     noise, pressure, dwell, out_of_limit, parameter, direction, self._film_lot)
 
     def _complete(self, plan: _Plan) -> None:
         temps = [round(plan.setpoint + n, 3) for n in plan.noise]
@@ -281,11 +306,18 @@ class StationModel:
                 out_of_limit=plan.out_of_limit,
                 out_of_limit_parameter=plan.parameter,
                 out_of_limit_direction=plan.direction,
+                film_lot=plan.film_lot,
             )
         )
         self._unit_count += 1
         self._rejects += plan.out_of_limit
         self._last = plan
+        for listener in self._listeners:
+            listener(self._units[-1])
+
+    def on_unit_done(self, listener: Callable[[UnitTruth], None]) -> None:
+        """Call `listener(truth)` as each unit completes, in unit order (a downstream station)."""
+        self._listeners.append(listener)
 
     # --- running -------------------------------------------------------------------------
 
@@ -343,6 +375,7 @@ class StationModel:
             unit_count=self._unit_count,
             setpoint=TEMPERATURE_SETPOINT,
             rejects=self._rejects,
+            film_lot=cur.film_lot,
         )
 
     # --- ground truth --------------------------------------------------------------------

@@ -432,3 +432,27 @@ def test_station_duplicate_parameter(tmp_path: Path) -> None:
     issue = only_issue(tmp_path, text)
     assert (issue.line, issue.field) == (34, "stations[0].parameters[1].name")
     assert issue.message == "duplicate parameter name 'tmax' (first at line 33)"
+
+
+def test_station_components_are_read_from_tags(tmp_path: Path) -> None:
+    text = VALID + STATION.replace("    start:\n", "    lot: pressure\n    components:\n      pouch_film: temperature\n"
+                                   "      label_roll: pressure\n    start:\n")
+    station = load_config(write(tmp_path, text)).stations[0]
+    assert station.components == {"pouch_film": "temperature", "label_roll": "pressure"}
+    assert (("components", "pouch_film"), "temperature") in station.tag_refs()
+    assert {"temperature", "pressure"} <= station.tags()
+
+
+def test_station_component_with_unknown_tag_points_to_that_component(tmp_path: Path) -> None:
+    text = VALID + STATION.replace("    start:\n", "    components:\n      pouch_film: temperature\n"
+                                   "      label_roll: film_lot\n    start:\n")
+    issue = only_issue(tmp_path, text)
+    assert (issue.line, issue.field) == (31, "stations[0].components.label_roll")
+    assert "device 'sealer-1' has no tag 'film_lot'" in issue.message
+
+
+def test_station_component_name_must_be_a_plain_name(tmp_path: Path) -> None:
+    text = VALID + STATION.replace("    start:\n", "    components: {pouch film: temperature}\n    start:\n")
+    issue = only_issue(tmp_path, text)
+    assert (issue.line, issue.field) == (29, "stations[0].components.pouch film")
+    assert "component name 'pouch film'" in issue.message

@@ -42,8 +42,10 @@ def simulate_modbus(
     out_of_limit: float = typer.Option(0.1, help="share of units made out of limits (0..1)"),
     seed: int = typer.Option(1, help="random seed (same seed, same units)"),
     speed: float = typer.Option(1.0, help="model seconds per real second (e.g. 10 for fast tests)"),
+    leak_tester: bool = typer.Option(True, help="also serve the leak tester after the sealer (unit id 2)"),
 ) -> None:
-    """Serve the heat-sealing station over Modbus TCP until Ctrl-C."""
+    """Serve the heat-sealing station (unit id 1) and the leak tester after it (unit id 2) over Modbus TCP
+    until Ctrl-C."""
     from linetap.agent.logs import configure_logging
     from linetap.simulators.modbus_server import serve_modbus
 
@@ -52,7 +54,7 @@ def simulate_modbus(
     with _cannot_serve(host, port):
         run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time,
                                                     out_of_limit_share=out_of_limit, seed=seed, speed=speed,
-                                                    stop=stop))
+                                                    stop=stop, leak_tester=leak_tester))
 
 
 @simulate_app.command("opcua")

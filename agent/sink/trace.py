@@ -1,7 +1,7 @@
 """`linetap trace SERIAL --db TARGET`: the eDHR of one serial from the sink's database.
 
-Every unit record of the serial in time order (station, operator, start/end, cycle time, every
-parameter with value, unit, limits, spec and verdict), every `nonconformance` and
+Every unit record of the serial in time order (station, operator, lot and components (genealogy),
+start/end, cycle time, every parameter with value, unit, limits, spec and verdict), every `nonconformance` and
 `unit_incomplete` event of it, and for each record whether the chain around it verifies: its
 own hash, the link to its predecessor and its successor's link to it (linetap's verifier).
 """
@@ -42,6 +42,7 @@ def trace(t: Target, serial: str) -> dict[str, Any]:
         b = orjson.loads(body)
         units.append({"agent": agent, "seq": int(seq), "id": rid, "station": b.get("station"),
                       "device": b.get("device"), "operator": b.get("operator"), "lot": b.get("lot"),
+                      "components": b.get("components") or {},
                       "started_at": b.get("started_at"), "ended_at": b.get("ended_at"),
                       "cycle_time": b.get("cycle_time"), "verdict": b.get("verdict"), "reasons": b.get("reasons", []),
                       "config_version": b.get("config_version"), "parameters": b.get("parameters", []),
@@ -76,7 +77,8 @@ def render_text(result: dict[str, Any]) -> str:
     for u in result["units"]:
         ct = "-" if u["cycle_time"] is None else f"{u['cycle_time']} s"
         lines.append(f"\n{u['station']} (device {u['device']}, agent {u['agent']}, record {u['id']})")
-        lines.append(f"  operator {u['operator'] or '-'}   lot {u['lot'] or '-'}")
+        lines.append(f"  operator {u['operator'] or '-'}   lot {u['lot'] or '-'}" + "".join(
+            f"   {name} {_num(value)}" for name, value in u["components"].items()))
         lines.append(f"  start {format_ts(u['started_at'])}   end {format_ts(u['ended_at'])}   cycle time {ct}")
         reasons = f" ({'; '.join(u['reasons'])})" if u["reasons"] else ""
         lines.append(f"  verdict {u['verdict']}{reasons}   config {u['config_version']}   {_chain_text(u['chain'])}")

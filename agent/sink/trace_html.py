@@ -59,7 +59,8 @@ def _unit(u: dict[str, Any], step: int) -> str:
     ct = "-" if u["cycle_time"] is None else f"{escape(str(u['cycle_time']))} s"
     reasons = "; ".join(u["reasons"] or [])
     head = _rows([("station", _e(u["station"])), ("device", _e(u["device"])), ("operator", _e(u["operator"])),
-                  ("lot", _e(u["lot"])), ("start", _e(format_ts(u["started_at"]))), ("end", _e(format_ts(u["ended_at"]))),
+                  ("lot", _e(u["lot"])), *(("component " + name, _e(value)) for name, value in u["components"].items()),
+                  ("start", _e(format_ts(u["started_at"]))), ("end", _e(format_ts(u["ended_at"]))),
                   ("cycle time", ct), ("verdict", _verdict(u["verdict"]) + (f" ({escape(reasons)})" if reasons else "")),
                   ("config version", f"<code>{_e(u['config_version'])}</code>"),
                   ("record", f"{_e(u['id'])} (agent {_e(u['agent'])})"),
