@@ -54,10 +54,14 @@ def run_until_signal(coro_factory, on_hangup=None):
     async def main():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if on_hangup is not None:
-            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        handlers = [(signal.SIGINT, stop.set), (signal.SIGTERM, stop.set)]
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):  # no SIGHUP on Windows
+            handlers.append((signal.SIGHUP, on_hangup))
+        for sig, handler in handlers:
+            try:
+                loop.add_signal_handler(sig, handler)
+            except NotImplementedError:  # Windows' event loops: a plain handler, handed to the loop
+                signal.signal(sig, lambda *_, h=handler: loop.call_soon_threadsafe(h))
         return await coro_factory(stop)
 
     return asyncio.run(main())
