@@ -175,7 +175,7 @@ def _sink_only(args, work: Path) -> int:
     print(machine_facts(), flush=True)
     print(f"workdir: {work}", flush=True)
     ok, results = sink_bench.run_all(work, smoke=args.smoke, pg_url=args.pg, units=args.units, samples=args.samples,
-                                     unit_msgs=args.unit_messages, serials=args.serials,
+                                     unit_msgs=args.unit_messages, serials=args.serials, profile=args.profile,
                                      required=os.environ.get("LINETAP_REQUIRE_POSTGRES", "") not in
                                      ("", "0", "false", "no"))
     sink_bench.print_sink_table(results)

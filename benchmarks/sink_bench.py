@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .common import Mosquitto, ProcWatch, cpu_seconds
-from .harness import PY, ROOT, Result, _env
+from .harness import PY, ROOT, Result, _env, pyspy_attach
 from .pg import PostgresServer, create_database, find_pg_bin, postgres_pids
 from .sink_data import AGENT, telemetry_messages, unit_messages
 from .sink_publish import write_messages
@@ -36,6 +36,7 @@ class SinkRun:
     sinks: int
     db: str  # postgresql | duckdb
     rows: int  # samples or unit records
+    profile: bool = False  # py-spy attached to the (first) sink for the run
 
 
 def _start_sink(broker: Mosquitto, db: str, log: Path, i: int, share: bool) -> subprocess.Popen:
@@ -129,6 +130,10 @@ def run_one(run: SinkRun, work: Path, admin_url: str | None, postmaster: int | N
 
             conn = psycopg.connect(db, autocommit=True)
             pids["postgres"] = postgres_pids(postmaster) if postmaster else []
+        spy = None
+        if run.profile:
+            spy = pyspy_attach(sinks[0].pid, max(2.0, run.rows / 150_000), wd / "sink-profile.txt")
+            time.sleep(0.5)  # py-spy attaching
         watch = ProcWatch(pids, 0.25).start()
         t_go = time.monotonic()
         publisher.stdin.write(b"go\n")
@@ -140,6 +145,9 @@ def run_one(run: SinkRun, work: Path, admin_url: str | None, postmaster: int | N
             t_done = _idle_after(pids["sink"], t_go, publisher, timeout)
         window = watch.stop()
         pub = json.loads(publisher.stdout.readline() or b"{}") if publisher.poll() is not None or t_done else {}
+        if spy is not None:
+            spy.wait(60)
+            res.values["profile"] = str(wd / "sink-profile.txt")
         rcs = [_stop(p) for p in sinks]
         sinks = []
         if run.db == "postgresql":
@@ -204,6 +212,12 @@ def print_sink_table(results: list[Result], out=print) -> None:
             if r.values["timing"] not in ("first row seen -> all rows held (PostgreSQL polled)",
                                           "publish start -> sinks idle (DuckDB file held by the sink)"):
                 out(f"- {r.name}: timed {r.values['timing']}")
+    for r in runs:
+        if r.values.get("profile"):
+            from .report import summarize_profile
+
+            out(f"\n### Sink profile ({r.name}; its CPU includes py-spy's sampling)\n```\n"
+                f"{summarize_profile(Path(r.values['profile']), top=30)}\n```")
     tr = [r for r in results if r.kind == "trace"]
     if tr:
         from .sink_trace import print_trace_table
@@ -211,7 +225,8 @@ def print_sink_table(results: list[Result], out=print) -> None:
         print_trace_table(tr, out)
 
 
-def throughput_runs(smoke: bool, samples: int | None, unit_msgs: int | None, duckdb: bool) -> list[SinkRun]:
+def throughput_runs(smoke: bool, samples: int | None, unit_msgs: int | None, duckdb: bool, profile: bool = False
+                    ) -> list[SinkRun]:
     s = samples or (20_000 if smoke else 2_000_000)
     u = unit_msgs or (500 if smoke else 30_000)
     runs = [SinkRun("pg-telemetry-1", "telemetry", 1, "postgresql", s),
@@ -220,13 +235,16 @@ def throughput_runs(smoke: bool, samples: int | None, unit_msgs: int | None, duc
             SinkRun("pg-units-2", "units", 2, "postgresql", u)]
     if duckdb:
         runs += [SinkRun("duckdb-telemetry-1", "telemetry", 1, "duckdb", s),
-                 SinkRun("duckdb-units-1", "units", 1, "duckdb", u)]
+                 SinkRun("duckdb-units-1", "units", 1, "duckdb", min(u, 3_000))]  # DuckDB: ~250 units/s
+    if profile:
+        runs.append(SinkRun("pg-telemetry-1 (py-spy)", "telemetry", 1, "postgresql", s, profile=True))
     return runs
 
 
 def run_all(work: Path, *, smoke: bool, pg_url: str | None = None, units: int | None = None,
             samples: int | None = None, unit_msgs: int | None = None, serials: int | None = None,
-            duckdb: bool = True, trace: bool = True, required: bool = False, out=print) -> tuple[bool, list[Result]]:
+            duckdb: bool = True, trace: bool = True, profile: bool = False, only_runs: str | None = None, required: bool = False,
+            out=print) -> tuple[bool, list[Result]]:
     """Every sink run and the trace timing; (ok, results). Without PostgreSQL (no binaries, no --pg)
     it says so and skips: a failure only when `required`."""
     work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +262,9 @@ def run_all(work: Path, *, smoke: bool, pg_url: str | None = None, units: int | 
             flush=True)
     ok = True
     try:
-        runs = throughput_runs(smoke, samples, unit_msgs, duckdb)
+        runs = throughput_runs(smoke, samples, unit_msgs, duckdb, profile)
+        if only_runs:
+            runs = [r for r in runs if r.name in only_runs.split(",") or (r.profile and "profile" in only_runs)]
         files: dict[tuple[str, int], Path] = {}
         for run in runs:
             key = (run.stream, run.rows)
@@ -295,12 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--no-trace", action="store_true")
+    p.add_argument("--no-duckdb", action="store_true")
+    p.add_argument("--profile", action="store_true", help="one more 1-sink PostgreSQL telemetry run under py-spy")
+    p.add_argument("--only-runs", default=None, help="comma-separated run names (e.g. pg-telemetry-1)")
     add_options(p)
     a = p.parse_args(argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="linetap-sink-bench-"))
     print(f"workdir: {work}", flush=True)
     ok, results = run_all(work, smoke=a.smoke, pg_url=a.pg, units=a.units, samples=a.samples,
                           unit_msgs=a.unit_messages, serials=a.serials, trace=not a.no_trace,
+                          duckdb=not a.no_duckdb, profile=a.profile, only_runs=a.only_runs,
                           required=bool(os.environ.get("LINETAP_REQUIRE_POSTGRES")))
     print_sink_table(results)
     print(f"\n{'OK' if ok else 'FAILED'}")
