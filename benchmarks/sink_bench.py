@@ -256,7 +256,7 @@ def run_all(work: Path, *, smoke: bool, pg_url: str | None = None, units: int | 
             out("- sink: SKIPPED: PostgreSQL binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or on "
                 "PATH (apt-get install postgresql), and no --pg URL given")
             return not required, results
-        server = PostgresServer(bindir, work).start()
+        server = PostgresServer(bindir).start()  # under /tmp: as root the server runs as nobody, who must reach it
         pg_url = server.url()
         out(f"- sink: private PostgreSQL on 127.0.0.1:{server.port} (fsync=off, shared_buffers=256MB) in {server.dir}",
             flush=True)
