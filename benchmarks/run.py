@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from . import sink_bench
 from .drain import run_drain
 from .harness import ROOT, Result
 from .modbus_e2e import ModbusScenario, run_modbus
@@ -28,15 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodered", action="store_true", help="Node-RED side by side (npm install on first use)")
     p.add_argument("--profile", action="store_true",
                    help="one more run of the 80k scenario under py-spy (with libmodbus: of that scenario too)")
-    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile", "libmodbus"),
+    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile", "libmodbus", "sink"),
                    action="append", help="run only these parts (libmodbus: linetap and Node-RED against a C "
-                                         "Modbus server, also part of --nodered)")
+                                         "Modbus server, also part of --nodered; sink: `linetap sink` into "
+                                         "PostgreSQL/DuckDB and `trace` latency, only when asked for)")
     p.add_argument("--seconds", type=float, default=None, help="measurement window per end-to-end run")
     p.add_argument("--max-sims", type=int, default=4, help="simulator processes at most (one per device)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--results", type=Path, default=None,
                    help="where to write the results as JSON (default: benchmarks/results/latest.json; "
                         "with --smoke: results.json in the work directory, so CI never writes into the source tree)")
+    sink_bench.add_options(p)
     args = p.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="linetap-bench-"))
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def wanted(part: str) -> bool:
         return not only or part in only
+
+    if only == {"sink"}:
+        return _sink_only(args, work)
 
     print(f"# linetap benchmark ({'smoke' if args.smoke else 'long' if args.long else 'standard'})", flush=True)
     print(machine_facts(), flush=True)
@@ -158,6 +165,25 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and (bool(e2e) or not wanted("modbus")) and all(r.values["delivered"] > 0 for r in e2e) \
             and all(r.values["complete"] for r in drained) \
             and (not wanted("opcua") or (bool(opc) and all(r.values["delivered"] > 0 for r in opc)))
+    print(f"\nresults: {results_path}; {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+def _sink_only(args, work: Path) -> int:
+    """`--only sink`: the MES-side runs alone (they need PostgreSQL; skipped with the reason without it)."""
+    print(f"# linetap benchmark: sink ({'smoke' if args.smoke else 'standard'})", flush=True)
+    print(machine_facts(), flush=True)
+    print(f"workdir: {work}", flush=True)
+    ok, results = sink_bench.run_all(work, smoke=args.smoke, pg_url=args.pg, units=args.units, samples=args.samples,
+                                     unit_msgs=args.unit_messages, serials=args.serials, profile=args.profile,
+                                     required=os.environ.get("LINETAP_REQUIRE_POSTGRES", "") not in
+                                     ("", "0", "false", "no"))
+    sink_bench.print_sink_table(results)
+    results_path = args.results or (work / "results.json" if args.smoke else ROOT / "benchmarks" / "results" / "latest.json")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({
+        "machine": machine_facts(), "argv": sys.argv[1:], "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "results": [r.__dict__ for r in results]}, indent=1, default=str))
     print(f"\nresults: {results_path}; {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -48,3 +48,33 @@ def test_modbus_decode_benchmark_runs():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pymodbus ReadHoldingRegistersResponse: reply" in r.stdout
     assert "linetap HoldingRegisterBytes: reply" in r.stdout and "linetap / pymodbus reply path:" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_sink_benchmark_smoke_runs(tmp_path):
+    """`--only sink --smoke`: sink runs into a private PostgreSQL (and DuckDB) and the trace timing on a
+    small year, every row landed, both tables printed (behaviour only: no speed is asserted)."""
+    from fixtures_postgres import _require, find_pg_bin
+
+    if find_pg_bin() is None:
+        if _require():
+            pytest.fail("LINETAP_REQUIRE_POSTGRES=1 but no PostgreSQL binaries (initdb, pg_ctl) found: "
+                        "apt-get install postgresql")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or on PATH: "
+                    "apt-get install postgresql to run the sink benchmark's smoke test")
+    work, results = tmp_path / "sink bench", tmp_path / "results" / "sink.json"
+    before = source_tree()
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "sink", "--smoke", "--units", "1000",
+                        "--serials", "50", "--workdir", str(work), "--results", str(results)],
+                       capture_output=True, text=True, timeout=230, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "### Sink: agent payloads" in r.stdout and "### trace latency" in r.stdout, r.stdout[-3000:]
+    assert "vs 200k samples/s per sink" in r.stdout and "p99 vs 200 ms goal" in r.stdout
+    data = json.loads(results.read_text())
+    sink = {x["name"]: x["values"] for x in data["results"] if x["kind"] == "sink"}
+    assert {"pg-telemetry-1", "pg-telemetry-2", "pg-units-1", "pg-units-2"} <= set(sink)
+    assert all(v["complete"] and v["held"] == v["rows"] for v in sink.values()), sink
+    (tr,) = [x["values"] for x in data["results"] if x["kind"] == "trace"]
+    assert tr["units"] == 1000 and tr["serials"] == 50 and tr["unverified"] == 0 and tr["units_seen"] >= 50
+    assert all(rc == 0 for rc in tr["cli_rc"])
+    assert source_tree() == before, "the sink smoke run wrote into the source tree"

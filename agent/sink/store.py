@@ -201,7 +201,7 @@ class Store:
             for i in range(doc["count"]):
                 row = (agent, seq0 + i, doc["device"], doc.get("station"), s["tag"][i],
                        orjson.dumps(s["value"][i]).decode(), s["quality"][i], s["reason"][i],
-                       from_us(s["source_ts"][i]), from_us(s["agent_ts"][i]))
+                       s["source_ts"][i], s["agent_ts"][i])
                 key = (agent, seq0 + i)
                 if key in rows:
                     res.duplicates += 1
@@ -212,28 +212,37 @@ class Store:
                 rows[key] = row
             res.touched.add((agent, "telemetry"))
         staged = list(rows.values())
+        # timestamps travel as the envelope's integers (us since the epoch) and become TIMESTAMPTZ in the
+        # database: no Python datetime per sample (from_us and its COPY formatting were ~40% of the sink's CPU)
         if self.t.dialect == "duckdb":
             import pyarrow as pa
 
             cols = list(zip(*staged, strict=True))
             ts = pa.timestamp("us", tz="UTC")
-            types = {"seq": pa.int64(), "source_ts": ts, "agent_ts": ts}
-            table = pa.table({name: pa.array(list(col), type=types.get(name, pa.string()))
+            table = pa.table({name: pa.array(list(col), type=pa.int64()).cast(ts) if name.endswith("_ts") else
+                              pa.array(list(col), type=pa.int64() if name == "seq" else pa.string())
                               for name, col in zip(TELEMETRY_COLUMNS, cols, strict=True)})
             self.t.conn.register("sink_stage", table)
-            stage = "sink_stage"
+            stage, cols_sql = "sink_stage", ", ".join(TELEMETRY_COLUMNS)
         else:
             # every batch: a rolled-back transaction takes the temp table's creation with it
-            self.t.execute("CREATE TEMP TABLE IF NOT EXISTS sink_stage (LIKE telemetry) ON COMMIT DELETE ROWS")
-            with self.t.conn.cursor() as cur, cur.copy(f"COPY sink_stage ({', '.join(TELEMETRY_COLUMNS)}) "
+            self.t.execute("CREATE TEMP TABLE IF NOT EXISTS sink_stage_us (agent TEXT, seq BIGINT, device TEXT, "
+                           "station TEXT, tag TEXT, value TEXT, quality TEXT, reason TEXT, source_ts BIGINT, "
+                           "agent_ts BIGINT) ON COMMIT DELETE ROWS")
+            with self.t.conn.cursor() as cur, cur.copy(f"COPY sink_stage_us ({', '.join(TELEMETRY_COLUMNS)}) "
                                                        "FROM STDIN") as copy:
                 for row in staged:
                     copy.write_row(row)
-            stage = "sink_stage"
-        before = self.t.execute("SELECT count(*) FROM telemetry t JOIN " + stage + " s USING (agent, seq)")[0][0]
-        self.t.execute(f"INSERT INTO telemetry SELECT {', '.join(TELEMETRY_COLUMNS)} FROM {stage} "
-                       "ON CONFLICT DO NOTHING")
-        res.inserted["telemetry"] += len(staged) - before
+            # exact: a bigint times 1 us stays exact below 2**53 us (the year 2255)
+            stage = ("(SELECT agent, seq, device, station, tag, value, quality, reason, "
+                     "timestamptz 'epoch' + source_ts * interval '1 microsecond' AS source_ts, "
+                     "timestamptz 'epoch' + agent_ts * interval '1 microsecond' AS agent_ts FROM sink_stage_us)")
+            cols_sql = ", ".join(TELEMETRY_COLUMNS)
+        # ON CONFLICT DO NOTHING counts the rows it inserted: the rest were held already
+        inserted = self._insert_count(f"INSERT INTO telemetry SELECT {cols_sql} FROM {stage} s "
+                                      "ON CONFLICT DO NOTHING")
+        before = len(staged) - inserted
+        res.inserted["telemetry"] += inserted
         res.duplicates += before
         if before:
             differs = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in TELEMETRY_COLUMNS[2:])
@@ -243,6 +252,14 @@ class Store:
                                      "a later delivery differs from the row held (the row is kept)"))
         if self.t.dialect == "duckdb":
             self.t.conn.unregister("sink_stage")
+
+    def _insert_count(self, sql: str) -> int:
+        """Run an INSERT; the number of rows it inserted."""
+        if self.t.dialect == "duckdb":
+            return int(self.t.execute(sql)[0][0])
+        with self.t.conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.rowcount
 
     # --- completeness bookkeeping -------------------------------------------------------------
 
