@@ -14,6 +14,7 @@ import pytest
 from agent_helpers import line_config, payloads, running_agent
 from sink_helpers import SinkProc, linetap, query
 from test_e2e_units import validate_records
+from test_sink_e2e import sink_db  # noqa: F401 (the DuckDB and PostgreSQL targets)
 
 from linetap.agent.sink.trace import render_text
 from linetap.agent.sink.trace_html import render_html
@@ -39,10 +40,11 @@ def whole(records: list[dict], station: str) -> dict[str, dict]:
 
 
 @pytest.mark.timeout(180)
-async def test_trace_of_a_serial_through_both_stations_matches_the_ground_truth(tmp_path, broker, capture):
+async def test_trace_of_a_serial_through_both_stations_matches_the_ground_truth(tmp_path, broker, capture,
+                                                                               sink_db):  # noqa: F811
     sealer = StationModel(seed=17, out_of_limit_share=0.25, units_per_lot=3, keep_units=1000)
     tester = LeakTesterModel(sealer, seed=17, out_of_limit_share=0.3, keep_units=1000)
-    db = str(tmp_path / "mes.duckdb")
+    db = sink_db  # a DuckDB file, and a database of a private PostgreSQL
     sink = SinkProc(broker, db, tmp_path / "sink.log")  # subscribed before the agent publishes
     try:
         async with ModbusStationServer(sealer, port=0, speed=SPEED, leak_tester=tester) as sim:
