@@ -2,9 +2,9 @@
 
 At least once, in order, per stream (`events`, `units`, `telemetry`):
 
-- Everything it sends was committed to the buffer first; the cursor of a stream moves only
-  to the highest seq below which every message is acknowledged (PUBACK), so after a crash
-  or a lost connection the forwarder resends from the cursor.
+- Everything it sends was committed to the buffer first; the cursor of a stream moves only to the highest
+  seq below which every message is acknowledged (PUBACK), so after a crash or a lost connection the
+  forwarder resends from the cursor.
 - A bounded window: at most `mqtt.max_inflight` messages are unacknowledged (taken from the
   buffer but not PUBACKed) at any time, across streams; paho's own `max_inflight_messages`
   is the same number. Every `publish()` return code is checked.
@@ -17,8 +17,8 @@ At least once, in order, per stream (`events`, `units`, `telemetry`):
   connection left unacknowledged are re-sent byte for byte (same id, same content, same
   `sent_at`), in order, before anything new; paho never replays a stale queue of its own.
 
-Threads: paho's network thread (`loop_start`) only runs paho; its callbacks hand over to
-the event loop with `call_soon_threadsafe`. All state lives on the event loop thread.
+Threads: paho's network thread (`loop_start`) only runs paho; its callbacks hand over to the event loop
+with `call_soon_threadsafe`. All state lives on the event loop thread.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class _Out:
     payload: bytes
     samples: int = 0
     acked: bool = False
-    sent: bool = False  # sent at least once (for the `resent` statistic)
+    sent_at: float | None = None  # monotonic time of the latest publish (PUBACK latency; set: a re-send is `resent`)
 
 
 class MQTTForwarder:
@@ -266,8 +266,7 @@ class MQTTForwarder:
         rc = self._connack.result()
         if rc.is_failure:
             raise ConnectionLost(f"broker refused the connection: {reason_words(rc)}")
-        # online, retained; then the messages the previous connection left unacknowledged, in
-        # stream priority and seq order, then new ones
+        # online, retained; then what the previous connection left unacknowledged (priority, seq order); then new
         self._status_mid = None
         info = client.publish(*self.encoder.status("online", now_us()), qos=1, retain=True)
         self._check_rc(info.rc, "status")
@@ -317,6 +316,7 @@ class MQTTForwarder:
                     self._lost.set_result(failure)
                 continue
             out.acked = True
+            self.stats.acked_after(time.monotonic() - out.sent_at)
             self._unacked -= 1
             q = self._pending[out.stream]
             while q and q[0].acked:
@@ -431,9 +431,9 @@ class MQTTForwarder:
             self._by_mid[info.mid] = out
             self.stats.messages_sent += 1
             self.stats.samples_sent += out.samples
-            if out.sent:
+            if out.sent_at is not None:
                 self.stats.resent += 1
-            out.sent = True
+            out.sent_at = time.monotonic()
 
     def _check_rc(self, rc: int, what: str) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -26,7 +26,8 @@ import pyarrow as pa
 import structlog
 
 from linetap.agent.backoff import Backoff
-from linetap.agent.capture import CaptureEngine
+from linetap.agent.capture import CaptureEngine, config_version
+from linetap.agent.metrics import open_metrics
 from linetap.agent.sd_notify import Notifier
 from linetap.agent.sidecar import sidecar_path, write_sidecar
 from linetap.agent.status_file import AgentStats, DeviceStatus, status_path, write_status_file
@@ -73,6 +74,7 @@ class Agent:
         self._unwritten: list[Event | _Captured] = []  # records a failed commit at a stop left behind
         self.write_fault: BufferWriteFailed | None = None  # set while the buffer cannot be written
         self.capture = CaptureEngine(config)
+        self.metrics = open_metrics(config, self, config_version(config))
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -86,6 +88,7 @@ class Agent:
         self.forwarder = MQTTForwarder(cfg, self.buffer, sink=SINK)
         self.forwarder.replays.on_unavailable = lambda data: self._put(Event("replay_unavailable", now_us(), data=data))
         damage: BufferDamaged | None = None
+        self.metrics.serve()
         try:
             try:
                 await self._restore_open_units()
@@ -113,6 +116,7 @@ class Agent:
             except* BufferDamaged as group:
                 damage = group.exceptions[0]
         finally:
+            self.metrics.close()
             await self._write_status_file()
             await self.buffer.close()
             log.info("agent stopped", agent=cfg.agent.id, samples=self.stats.samples_buffered)
@@ -189,6 +193,7 @@ class Agent:
                 async for batch in driver.samples():
                     status.batches += 1
                     status.samples += len(batch)
+                    self.metrics.batch(name, batch, driver)
                     await self._produce(batch)
             except DriverError as exc:
                 reason = str(exc)
@@ -210,6 +215,7 @@ class Agent:
         status.state, status.since, status.reason = state, now_us(), reason
         if event_state != "lost":
             log.info(f"device {event_state}", device=device_cfg.name)
+        self.metrics.device_state(device_cfg.name, event_state)
         data = {"state": event_state, "reason": reason} if reason else {"state": event_state}
         self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
 
@@ -220,6 +226,7 @@ class Agent:
         self.stats.samples_read += len(batch)
         units, events = self.capture.feed(batch)
         if units or events:
+            self.metrics.captured(units, events)
             self._put(_Captured(units, events))
         await self._queue.put(batch)
 
@@ -434,8 +441,9 @@ class Agent:
             await asyncio.sleep(2.0)
 
     async def _write_status_file(self) -> None:
-        await write_status_file(self.status_file, self.config.agent.id, self.buffer, SINK, self.stats.devices,
-                                self.forwarder.stats if self.forwarder is not None else None)
+        self.metrics.snapshot = await write_status_file(self.status_file, self.config.agent.id, self.buffer, SINK,
+                                                        self.stats.devices,
+                                                        self.forwarder.stats if self.forwarder is not None else None)
 
     async def _housekeep(self, over_cap: bool, last_purge: float) -> tuple[bool, float]:
         await self._write_status_file()

@@ -49,6 +49,12 @@ class ForwarderStats:
     inflight: int = 0  # messages taken from the buffer and not yet acknowledged
     reconnects: int = 0  # successful connections after the first
     last_error: str | None = None
+    pubacks: int = 0  # PUBACKs received, and the seconds from publish to PUBACK summed over them
+    puback_seconds: float = 0.0
+
+    def acked_after(self, seconds: float) -> None:
+        self.pubacks += 1
+        self.puback_seconds += seconds
 
 
 def status_path(config: LineConfig) -> Path:
@@ -56,9 +62,11 @@ def status_path(config: LineConfig) -> Path:
 
 
 async def write_status_file(path: Path, agent_id: str, buffer: Any, sink: str, devices: dict[str, DeviceStatus],
-                            forwarder: ForwarderStats | None) -> None:
-    """The buffer file is locked while the agent runs; `linetap status` reads this instead."""
-    with contextlib.suppress(Exception):
+                            forwarder: ForwarderStats | None) -> dict[str, Any] | None:
+    """The buffer file is locked while the agent runs; `linetap status` reads this instead.
+    Returns the document (also when the file could not be written: a full disk), None if the
+    buffer could not be read."""
+    try:
         streams = await buffer.stats(sink)
         doc = {
             "agent": agent_id,
@@ -73,6 +81,10 @@ async def write_status_file(path: Path, agent_id: str, buffer: Any, sink: str, d
                         for n, d in devices.items()},
             "mqtt": dataclasses.asdict(forwarder) if forwarder is not None else None,
         }
+    except Exception:  # noqa: BLE001 (a status that cannot be read is skipped this round)
+        return None
+    with contextlib.suppress(Exception):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2))
         tmp.replace(path)
+    return doc

@@ -157,6 +157,29 @@ class ReconnectConfig(Strict):
     max: Duration = Field(30.0, gt=0, description="retries never wait longer than this")
 
 
+class MetricsConfig(Strict):
+    """Prometheus metrics of the running agent (off unless `listen` is given)."""
+
+    listen: str | None = Field(None, description="HOST:PORT to serve /metrics on, e.g. 127.0.0.1:9464 (keep it "
+                                                 "on a management network: the endpoint has no login)")
+
+    @model_validator(mode="after")
+    def _listen(self) -> Self:
+        if self.listen is not None:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise At(("listen",), f"{self.listen!r}: write HOST:PORT, e.g. 127.0.0.1:9464 (0.0.0.0:9464 for "
+                         "every interface)")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class LineConfig(Strict):
     """One production line: one agent, its broker, its buffer and its devices."""
 
@@ -165,6 +188,7 @@ class LineConfig(Strict):
     buffer: BufferConfig = BufferConfig()
     logging: LoggingConfig = LoggingConfig()
     reconnect: ReconnectConfig = ReconnectConfig()
+    metrics: MetricsConfig = MetricsConfig()
     devices: list[DeviceConfig] = Field(min_length=1, description="the equipment this agent reads")
     stations: list[StationCapture] = Field(default_factory=list,
                                            description="per-unit capture (eDHR records, non-conformance events)")

@@ -81,6 +81,8 @@ class Driver(ABC):
         self.name = name
         #: counts the agent shows in its status file (e.g. rejected replies), kept over reconnects
         self.counters: dict[str, int] = {}
+        #: seconds the read behind the latest batch took (polled reads; None for notifications)
+        self.read_seconds: float | None = None
 
     @property
     @abstractmethod
@@ -119,7 +121,9 @@ class PollingDriver(Driver):
         next_at = time.monotonic()
         task = asyncio.current_task()
         while True:
+            started = time.monotonic()
             batch = await self.read()
+            self.read_seconds = time.monotonic() - started
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError  # a cancellation a library swallowed (3.11 wait_for)
             yield batch

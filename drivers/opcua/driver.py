@@ -383,11 +383,13 @@ class OpcUaDriver(Driver):
                     await self.close()
                     raise self._lost(item.reason)
                 yield item
+            started = time.monotonic()
             try:
                 batch = await self.read()
             except DeviceUnreachable:
                 await self.close()
                 raise
+            self.read_seconds = time.monotonic() - started
             yield batch
             next_at += interval
             now = time.monotonic()
