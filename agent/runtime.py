@@ -31,6 +31,7 @@ from linetap.agent.metrics import open_metrics
 from linetap.agent.sd_notify import Notifier
 from linetap.agent.sidecar import sidecar_path, write_sidecar
 from linetap.agent.status_file import AgentStats, DeviceStatus, status_path, write_status_file
+from linetap.agent.tasks import cancel_and_wait
 from linetap.buffers import AsyncBuffer, BufferCorrupt, BufferDamaged, BufferWriteFailed, keep_copies
 from linetap.buffers.records import Event
 from linetap.config.models import LineConfig
@@ -106,7 +107,7 @@ class Agent:
                     await stop.wait()
                     log.info("agent stopping")
                     notifier.stopping()
-                    await _cancel_all([*devices, house, replays, watchdog])
+                    await cancel_and_wait([*devices, house, replays, watchdog])
                     await self._records.join()  # the writers have committed everything produced
                     await self._queue.join()
                     for writer in writers:
@@ -469,16 +470,6 @@ class Agent:
             if any(deleted.values()):
                 log.info("retention purge", **{f"deleted_{k}": v for k, v in deleted.items()})
         return over_cap, last_purge
-
-async def _cancel_all(tasks: list[asyncio.Task]) -> None:
-    """Cancel and wait, cancelling again while any is left: on Python 3.11 a library's
-    `asyncio.wait_for` can swallow a cancellation that lands together with its result."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-
 
 def use_system_arrow_pool() -> None:
     """Arrow buffers from the C library's allocator, not pyarrow's default mimalloc pool, which keeps
