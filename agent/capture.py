@@ -70,9 +70,44 @@ class CaptureEngine:
             return [], []
         units: list[dict[str, Any]] = []
         events: list[Event] = []
-        for station in stations:
+        for i, station in enumerate(stations):
             u, e = station.feed(batch)
             units.extend(u)
             events.extend(e)
+            if station.successor is not None and station.unit is None and station.pending is None:
+                stations[i] = station.successor.taking_over(station)  # its unit done: the new definition
+        return units, events
+
+    def reconfigure(self, config: LineConfig, now: int) -> tuple[list[dict[str, Any]], list[Event]]:
+        """A reloaded config (`agent.reload`): an unchanged station goes on as it is; a changed one
+        takes the new definition at once when idle, else after the unit in progress, which ends under
+        the config it started with; a station removed (or moved to another device) mid-unit closes the
+        unit incomplete. Returns what that closing made."""
+        version = config_version(config)
+        old = {s.cfg.name: s for group in self.by_device.values() for s in group}
+        units: list[dict[str, Any]] = []
+        events: list[Event] = []
+        self.by_device = {}
+        for cfg in config.stations:
+            prev = old.pop(cfg.name, None)
+            if prev is not None and prev.cfg.device != cfg.device:
+                old[cfg.name + "\0moved"] = prev  # closed below, like a removed station
+                prev = None
+            new = StationAssembler(cfg, version)
+            if prev is None:
+                station = new
+            elif prev.cfg == cfg:
+                station, prev.config_version = prev, version
+            elif prev.unit is not None or prev.pending is not None:
+                station, prev.successor = prev, new
+            else:
+                station = new.taking_over(prev)
+            self.by_device.setdefault(cfg.device, []).append(station)
+        for gone in old.values():
+            why = "the station was removed from the config (config_changed)"
+            if gone.unit is not None:
+                gone._close(now, units, events, incomplete=why)
+            elif gone.pending is not None:
+                gone._resolve(None, now, units, events, why)
         return units, events
 

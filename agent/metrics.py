@@ -42,6 +42,8 @@ class NoMetrics:
 
     def captured(self, units: list[dict[str, Any]], events: list[Any]) -> None: ...
 
+    def reconfigured(self, config_version: str) -> None: ...
+
     def serve(self) -> None: ...
 
     def close(self) -> None: ...
@@ -65,8 +67,8 @@ class AgentMetrics(NoMetrics):
                              ["station", "verdict"], registry=r)
         self.nonconformances = Counter("linetap_nonconformances", "non-conformance events raised, by station",
                                        ["station"], registry=r)
-        Info("linetap_config", "the running configuration", registry=r).info(
-            {"agent": config.agent.id, "config_version": config_version})
+        self.info = Info("linetap_config", "the running configuration", registry=r)
+        self.reconfigured(config_version)
         self.last_success: dict[str, float] = {}
         for d in config.devices:  # every series exists from the start (0, not absent)
             self.polls.labels(d.name)
@@ -101,6 +103,9 @@ class AgentMetrics(NoMetrics):
         for e in events:
             if e.kind == "nonconformance":
                 self.nonconformances.labels(e.station or "").inc()
+
+    def reconfigured(self, config_version: str) -> None:
+        self.info.info({"agent": self.config.agent.id, "config_version": config_version})
 
     # -- the HTTP endpoint ------------------------------------------------------------------
 
@@ -137,6 +142,8 @@ class _Live:
         last = GaugeMetricFamily("linetap_device_last_success_timestamp_seconds",
                                  "when the device last gave a good sample (Unix time)", labels=["device"])
         for name, status in agent.stats.devices.items():
+            if status.state == "removed":
+                continue
             up.add_metric([name], 1.0 if status.state == "connected" else 0.0)
             if name in m.last_success:
                 last.add_metric([name], m.last_success[name])

@@ -28,6 +28,7 @@ import structlog
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine, config_version
 from linetap.agent.metrics import open_metrics
+from linetap.agent.reload import Reloader
 from linetap.agent.sd_notify import Notifier
 from linetap.agent.sidecar import sidecar_path, write_sidecar
 from linetap.agent.status_file import AgentStats, DeviceStatus, status_path, write_status_file
@@ -76,6 +77,7 @@ class Agent:
         self.write_fault: BufferWriteFailed | None = None  # set while the buffer cannot be written
         self.capture = CaptureEngine(config)
         self.metrics = open_metrics(config, self, config_version(config))
+        self.reloader = Reloader(self)  # SIGHUP: request(path)
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,7 +96,9 @@ class Agent:
             try:
                 await self._restore_open_units()
                 async with asyncio.TaskGroup() as tg:
-                    devices = [tg.create_task(self._device_loop(d), name=f"device:{d.name}") for d in cfg.devices]
+                    self._tg, self._devices = tg, {d.name: tg.create_task(self._device_loop(d), name=f"device:{d.name}")
+                                                   for d in cfg.devices}  # the reloader adds and removes
+                    reloads = tg.create_task(self.reloader.run(), name="config-reload")
                     house = tg.create_task(self._housekeeping(), name="housekeeping")
                     writers = [tg.create_task(self._telemetry_writer(), name="telemetry-writer"),
                                tg.create_task(self._records_writer(), name="records-writer")]
@@ -107,7 +111,7 @@ class Agent:
                     await stop.wait()
                     log.info("agent stopping")
                     notifier.stopping()
-                    await cancel_and_wait([*devices, house, replays, watchdog])
+                    await cancel_and_wait([*self._devices.values(), house, replays, watchdog, reloads])
                     await self._records.join()  # the writers have committed everything produced
                     await self._queue.join()
                     for writer in writers:
@@ -233,6 +237,9 @@ class Agent:
 
     def _put(self, record: Event | _Captured) -> None:
         self._records.put_nowait(record)
+
+    def put_captured(self, units: list[dict[str, Any]], events: list[Event]) -> None:
+        self._put(_Captured(units, events))
 
     # -- writer ---------------------------------------------------------------------------
 

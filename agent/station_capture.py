@@ -68,6 +68,14 @@ class StationAssembler:
         self._after_loss = False  # _first was re-armed by a lost device, not by the agent's start
         self._closed_serial: str | None = None  # a left-open unit closed at the restart: not opened again
         self._index_of: tuple[Any, dict[str, int]] = (None, {})  # (batch.tag, this station's tag -> position)
+        self.successor: StationAssembler | None = None  # a reloaded definition, waiting for the unit in progress
+
+    def taking_over(self, idle: StationAssembler) -> StationAssembler:
+        """This (new) definition of a station takes over from `idle`, between units: the edge
+        detection goes on from the values already seen, so the next start is not missed."""
+        self._prev, self._current, self.units_done = idle._prev, idle._current, idle.units_done
+        self._first, self._after_loss, self._closed_serial = idle._first, idle._after_loss, idle._closed_serial
+        return self
 
     # -- feeding --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from linetap.drivers.samples import SampleBatch, now_us
 
 @dataclass
 class DeviceStatus:
-    state: str = "starting"  # starting | connected | lost
+    state: str = "starting"  # starting | connected | lost | removed (by a config reload)
     since: int = 0
     reason: str | None = None
     batches: int = 0

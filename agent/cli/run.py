@@ -19,25 +19,51 @@ from .common import (
 def run(config: Path = typer.Argument(..., help="line config (YAML)")) -> None:
     """Run the agent until SIGINT/SIGTERM; then stop cleanly (everything buffered is kept)."""
     exit_on_sigterm_until_running()
-    from linetap.agent.capture import config_version
-    from linetap.agent.logs import configure_logging, get_logger
+    from linetap.agent.logs import configure_logging
     from linetap.agent.runtime import Agent
     from linetap.buffers import BufferError
 
     cfg = load_or_exit(config)
     configure_logging(cfg.logging.format, cfg.logging.level)
-    log = get_logger("linetap.agent")
-
-    def hangup() -> None:  # systemd's ExecReload; a hot reload is not built yet
-        log.warning("SIGHUP: this version cannot reload its configuration while running; it keeps running "
-                    "on the config it started with: restart it to apply a changed file",
-                    config=str(config), config_version=config_version(cfg))
-
+    agent = Agent(cfg)
     try:
-        run_until_signal(Agent(cfg).run, on_hangup=hangup)
+        run_until_signal(agent.run, on_hangup=lambda: agent.reloader.request(config))  # SIGHUP: re-read the file
     except BufferError as err:
         typer.echo(f"linetap: {err}", err=True)
         raise typer.Exit(EXIT_RUNTIME) from None
+
+
+@app.command()
+def reload(config: Path = typer.Argument(..., help="line config (YAML) of the running agent")) -> None:
+    """Check CONFIG, then have the running agent re-read it (SIGHUP): devices and stations change without
+    a restart; its log says what was applied, or why not."""
+    import os
+    import signal
+
+    import orjson
+
+    from linetap.agent.status_file import status_path
+
+    cfg = load_or_exit(config)  # a file that does not validate is reported here, the agent is not disturbed
+    if not hasattr(signal, "SIGHUP"):
+        typer.echo("linetap reload: this platform has no SIGHUP: restart the service to apply the file", err=True)
+        raise typer.Exit(EXIT_RUNTIME)
+    path = status_path(cfg)
+    try:
+        pid = int(orjson.loads(path.read_bytes())["pid"])
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else b"linetap"
+    except (OSError, ValueError, KeyError, TypeError):
+        typer.echo(f"linetap reload: no running agent for {config} (no live pid in {path}): start it with "
+                   f"linetap run {config}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
+    if b"linetap" not in cmdline:
+        typer.echo(f"linetap reload: pid {pid} from {path} is not a linetap agent (a stale status file): "
+                   "nothing signalled", err=True)
+        raise typer.Exit(EXIT_RUNTIME)
+    os.kill(pid, signal.SIGHUP)
+    typer.echo(f"asked the agent (pid {pid}) to reload {config}: its log says what it applied "
+               "(`config reloaded`), or why not (`config reload refused` / `failed`)")
 
 
 @app.command()

@@ -38,6 +38,7 @@ class Encoder(Protocol):
 
     name: str
     batch: int  # samples per telemetry message, at most
+    topics: Topics  # the topic names; a config reload updates its device -> station map
 
     def telemetry_rows(self, table: pa.Table) -> TelemetryRows:
         """Prepare rows from `AsyncBuffer.read_telemetry` (ending on a `batch` boundary) for messages."""

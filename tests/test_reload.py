@@ -1,0 +1,141 @@
+"""Hot reload during production: the shipped two-station example under `linetap run`, with the
+simulator and a private broker. A broken file on SIGHUP changes nothing (FILE:LINE in the log);
+a change of the buffer is refused; then `linetap reload` adds a tag, removes a device (and its
+station) and tightens a limit: the new tag appears, the removed device stops, the next unit uses
+the new limit, telemetry seqs stay contiguous, and one `config_changed` event says what changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from sink_helpers import LINETAP
+from test_sink_e2e import exported, samples
+from test_user_path import Simulator, copy_example, linetap, wait_up
+
+from linetap.agent.reload import config_changes
+from linetap.config.loader import load_config
+
+EXAMPLE = "sealer-and-leak-tester-modbus.yaml"
+
+
+def without_leak_tester(text: str) -> str:
+    a = text.index("  - protocol: modbus\n    name: leaktester1")
+    text = text[:a] + text[text.index("stations:"):]
+    return text[:text.index("  - name: leaktester1")]
+
+
+def changed(text: str) -> str:
+    text = without_leak_tester(text)
+    text = text.replace("      - {name: film_lot,", "      - {name: seal_temperature_copy, address: 0, type: float32, "
+                                                   "unit: degC}\n      - {name: film_lot,", 1)
+    assert text.count("limits: {low: 175.0, high: 185.0}") == 1
+    return text.replace("limits: {low: 175.0, high: 185.0}", "limits: {low: 10.0, high: 100.0}")
+
+
+def log_events(err: str, event: str) -> list[dict]:
+    out = []
+    for line in err.splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            out.append(json.loads(line))
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_reload_during_production(tmp_path, broker):
+    folder = tmp_path / "line pc-2"
+    folder.mkdir()
+    sim = Simulator("modbus", "--speed", "4")
+    agent = None
+    try:
+        config = copy_example(EXAMPLE, folder, {"port: 1883": f"port: {broker.port}"})
+        original = config.read_text().replace("port: 5020", f"port: {sim.port}")
+        config.write_text(original)
+        agent = subprocess.Popen([LINETAP, "run", str(config)], cwd=folder, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        wait_up(folder / "sealer-and-leak-tester-buffer.duckdb", agent)
+        time.sleep(4)
+
+        config.write_text(original + "devices: [\n")  # broken: the agent must not notice but in its log
+        r = linetap("reload", str(config), cwd=folder)
+        assert r.returncode == 2 and f"{EXAMPLE}:" in r.stderr, r.stderr  # checked here, nothing signalled
+        os.kill(agent.pid, signal.SIGHUP)  # and if it is signalled anyway
+        time.sleep(1)
+        config.write_text(original.replace("path: sealer-and-leak-tester-buffer.duckdb", "path: elsewhere.duckdb"))
+        os.kill(agent.pid, signal.SIGHUP)
+        time.sleep(1)
+        assert agent.poll() is None
+
+        config.write_text(changed(original))
+        r = linetap("reload", str(config), cwd=folder)
+        assert r.returncode == 0 and f"pid {agent.pid}" in r.stdout, r.stdout + r.stderr
+        time.sleep(7)
+        agent.send_signal(signal.SIGTERM)
+        _out, err = agent.communicate(timeout=30)
+        assert agent.returncode == 0 and "Traceback" not in err, err[-3000:]
+        agent = None
+    finally:
+        if agent is not None:
+            agent.kill()
+        sim.stop()
+
+    failed = log_events(err, "config reload failed: the agent keeps running on the config it has")
+    assert len(failed) == 1 and any(f"{EXAMPLE}:" in e for e in failed[0]["errors"]), failed
+    refused = log_events(err, "config reload refused: these settings need a restart (systemctl restart, or stop "
+                              "and start linetap run); nothing was changed")
+    assert len(refused) == 1 and refused[0]["settings"] == ["buffer.path"], refused
+
+    events = exported(config, "events", tmp_path)
+    changes = [e["body"] for e in events if e["body"]["kind"] == "config_changed"]
+    assert len(changes) == 1, changes
+    change = changes[0]
+    old_version, new_version = change["old_version"], change["new_version"]
+    assert old_version != new_version
+    assert change["changes"]["devices"] == {"added": [], "removed": ["leaktester1"], "modified": {
+        "sealer1": {"tags_added": ["seal_temperature_copy"]}}}
+    assert change["changes"]["stations"]["removed"] == ["leaktester1"]
+    (limit,) = change["changes"]["stations"]["modified"]["sealer1"]["limits"]
+    assert (limit["parameter"], limit["spec"]) == ("seal_temperature_max", "WI-SEAL-007 rev B")
+    assert (limit["old"]["low"], limit["old"]["high"], limit["new"]["low"], limit["new"]["high"]) == (
+        175.0, 185.0, 10.0, 100.0)
+    at = change["ts"]
+
+    tel = samples(exported(config, "telemetry", tmp_path))
+    assert [s[0] for s in tel] == list(range(1, len(tel) + 1))  # contiguous across the reload
+    copies = [s for s in tel if s[2] == "seal_temperature_copy"]
+    assert copies and min(s[7] for s in copies) > at
+    assert all(s[7] < at for s in tel if s[1] == "leaktester1")  # the removed device stopped
+    assert any(s[1] == "sealer1" and s[7] > at + 5_000_000 for s in tel)  # the other kept polling
+
+    units = [u["body"] for u in exported(config, "units", tmp_path) if u["body"]["station"] == "sealer1"]
+    before = [u for u in units if u["ended_at"] < at]
+    after = [u for u in units if u["started_at"] > at]
+    assert before and after, (len(before), len(after))
+    for u in before:
+        p = next(p for p in u["parameters"] if p["name"] == "seal_temperature_max")
+        assert u["config_version"] == old_version and p["high"] == 185.0
+    for u in after:  # every seal at ~180 degC is over the new 100 degC limit
+        p = next(p for p in u["parameters"] if p["name"] == "seal_temperature_max")
+        assert u["config_version"] == new_version and p["high"] == 100.0 and p["verdict"] == "fail", u
+    ncs = [e["body"] for e in events if e["body"]["kind"] == "nonconformance" and e["body"]["ts"] > at]
+    assert {nc["serial"] for nc in ncs} >= {u["serial"] for u in after}
+
+
+def test_what_needs_a_restart_is_named(tmp_path):
+    folder = tmp_path / "line pc-2"
+    folder.mkdir()
+    config = copy_example(EXAMPLE, folder, {})
+    old = load_config(config)
+    text = config.read_text()
+    config.write_text(text.replace("id: sealing-line-2", "id: sealing-line-9").replace("port: 1883", "port: 1884"))
+    refused, _ = config_changes(old, load_config(config))
+    assert refused == ["agent.id", "mqtt.port"]
+    config.write_text(changed(text))
+    refused, changes = config_changes(old, load_config(config))
+    assert refused == [] and set(changes) == {"devices", "stations"}
+    config.write_text(text)
+    assert config_changes(old, load_config(config)) == ([], {})
