@@ -139,3 +139,53 @@ def test_what_needs_a_restart_is_named(tmp_path):
     assert refused == [] and set(changes) == {"devices", "stations"}
     config.write_text(text)
     assert config_changes(old, load_config(config)) == ([], {})
+
+
+def _line(high: float, stations: bool = True):
+    from test_capture import STATION, TAGS
+
+    from linetap.config.models import LineConfig
+
+    station = {**STATION, "parameters": [{**STATION["parameters"][0], "limits": {"low": 175, "high": high}},
+                                          *STATION["parameters"][1:]]}
+    return LineConfig.model_validate({
+        "agent": {"id": "a", "enterprise": "e", "site": "s", "area": "a", "line": "l"},
+        "devices": [{"protocol": "modbus", "name": "plc1", "host": "h", "addressing": "zero_based",
+                     "tags": [{"name": t, "address": i * 4, "type": "float32"} for i, t in enumerate(TAGS)]}],
+        "stations": [station] if stations else [],
+    })
+
+
+def test_a_unit_in_progress_ends_under_the_config_it_started_with():
+    from test_capture import poll
+
+    from linetap.agent.capture import CaptureEngine, config_version
+
+    old, new = _line(185), _line(179)
+    engine = CaptureEngine(old)
+    for b in (poll(0, False), poll(1, True, serial="SN-1"), poll(1.5, True, serial="SN-1")):
+        engine.feed(b)
+    assert engine.reconfigure(new, 1_600_000) == ([], [])  # mid-unit: nothing closed
+    units, _ = engine.feed(poll(2, False, serial="SN-1"))  # 180 degC: in the old band, over the new one
+    for b in (poll(3, True, serial="SN-2"), poll(3.5, True, serial="SN-2")):
+        engine.feed(b)
+    later, _ = engine.feed(poll(4, False, serial="SN-2"))
+    (first,), (second,) = units, later
+    p1, p2 = (next(p for p in u["parameters"] if p["name"] == "temp_max") for u in (first, second))
+    assert (first["config_version"], p1["high"], p1["verdict"]) == (config_version(old), 185, "pass")
+    assert (second["config_version"], p2["high"], p2["verdict"]) == (config_version(new), 179, "fail")
+
+
+def test_a_station_removed_mid_unit_closes_it_incomplete():
+    from test_capture import poll
+
+    from linetap.agent.capture import CaptureEngine
+
+    engine = CaptureEngine(_line(185))
+    for b in (poll(0, False), poll(1, True, serial="SN-1")):
+        engine.feed(b)
+    units, events = engine.reconfigure(_line(185, stations=False), 1_500_000)
+    assert [u["serial"] for u in units] == ["SN-1"] and units[0]["verdict"] == "incomplete"
+    assert "removed from the config" in " ".join(units[0]["reasons"]), units[0]
+    assert any(e.kind == "unit_incomplete" for e in events)
+    assert engine.feed(poll(2, False)) == ([], [])
