@@ -409,6 +409,11 @@ class ModbusStationServer(ServedStation):
         )
 
 
+def _line_text(line: dict | None) -> str:
+    line = {"baudrate": 19200, "parity": "E", "stopbits": 1, **(line or {})}
+    return f"{line['baudrate']} 8{line['parity']}{line['stopbits']}"
+
+
 def _clamp(v: int, lo: int, hi: int) -> int:
     return lo if v < lo else hi if v > hi else v
 
@@ -424,6 +429,8 @@ async def serve_modbus(
     speed: float = 1.0,
     stop: asyncio.Event | None = None,
     leak_tester: bool = True,
+    serial: str | None = None,
+    line: dict | None = None,
 ) -> None:
     """Serve a heat-sealing station (unit id `unit_id`) and the leak tester downstream of it (unit id
     2, unless `leak_tester` is false) until `stop` is set (or forever): `linetap simulate modbus`."""
@@ -432,9 +439,10 @@ async def serve_modbus(
     tester = LeakTesterModel(model, seed=seed, keep_units=10_000) if leak_tester else None
     leak_unit_id = LEAK_TESTER_UNIT_ID if unit_id != LEAK_TESTER_UNIT_ID else LEAK_TESTER_UNIT_ID + 1
     server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id, speed=speed, leak_tester=tester,
-                                 leak_unit_id=leak_unit_id)
+                                 leak_unit_id=leak_unit_id, serial=serial, **(line or {}))
     await server.start()
-    log.info("heat-sealer simulator running", endpoint=f"{host}:{server.port}", unit_id=unit_id,
+    where = f"{serial} (RTU {_line_text(line)})" if serial else f"{host}:{server.port}"
+    log.info("heat-sealer simulator running", endpoint=where, unit_id=unit_id,
              leak_tester_unit_id=leak_unit_id if tester else None,
              cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)
     try:

@@ -143,3 +143,45 @@ async def test_rtu_over_tcp_to_a_serial_gateway(sealer) -> None:
         await rtu.close()
         await tcp.close()
         await server.stop()
+
+
+async def test_simulate_serial_and_the_agent_end_to_end(pty_pair, tmp_path, broker, capture) -> None:
+    """`linetap simulate modbus --serial` on one end; the agent with the sealer (1) and the leak tester (2)
+    on the other, sharing the port, to the broker."""
+    import subprocess
+    import sys
+    import time
+
+    from agent_helpers import line_config, payloads, running_agent, telemetry_samples
+
+    sim_end, agent_end = pty_pair
+    proc = subprocess.Popen([sys.executable, "-m", "linetap.agent.cli", "simulate", "modbus", "--serial", sim_end,
+                             "--baudrate", "38400", "--parity", "N", "--stopbits", "2", "--speed", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, ready = time.monotonic() + 15, ""
+        while time.monotonic() < deadline and "simulator running" not in ready:
+            ready = await asyncio.to_thread(proc.stdout.readline)
+            ready = ready.decode()
+            assert ready or proc.poll() is None, "the simulator exited"
+        assert sim_end in ready and "RTU 38400 8N2" in ready, ready
+        serial = {"port": agent_end, **LINE}
+        devices = [{"protocol": "modbus", "name": name, "transport": "rtu", "serial": serial, "unit_id": unit,
+                    "addressing": "zero_based", "poll_interval": "100ms", "timeout": "500ms", "tags": tags}
+                   for name, unit, tags in (("sealer1", 1, STATION_TAGS), ("leak1", 2, LEAK_TESTER_TAGS))]
+        cfg = line_config(tmp_path, broker, devices)
+        async with running_agent(cfg):
+            await capture.until(lambda m: {s["device"] for s in telemetry_samples(m)} == {"sealer1", "leak1"}
+                                and len(telemetry_samples(m)) >= 5 * (len(STATION_TAGS) + len(LEAK_TESTER_TAGS)),
+                                timeout=20)
+        samples = telemetry_samples(capture.messages)
+        assert {s["quality"] for s in samples} == {"good"}, [s for s in samples if s["quality"] != "good"][:3]
+        counts = [s["value"] for s in samples if s["tag"] == "unit_count" and s["device"] == "sealer1"]
+        assert counts == sorted(counts)
+        states = [(e["body"]["device"], e["body"]["state"]) for e in payloads(capture.messages, "/events")
+                  if e["body"]["kind"] == "device_state"]
+        assert sorted(states) == [("leak1", "connected"), ("sealer1", "connected")]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
