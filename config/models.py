@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from .capture import StationCapture
 from .devices import DeviceConfig
+from .devices.modbus import check_serial_buses
 from .issues import At, unique_names
 from .secrets import secret_value
 from .units import ByteSize, Duration
@@ -199,6 +200,7 @@ class LineConfig(Strict):
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
         unique_names(self.devices, "devices", "device")
+        check_serial_buses(self.devices)
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The heat-sealing station served over Modbus TCP (pymodbus server, SimDevice datastore); the
+"""The heat-sealing station served over Modbus TCP, or Modbus RTU on a serial port (`serial=`) or RTU
+frames over TCP (`framer="rtu"`, a serial gateway) (pymodbus server, SimDevice datastore); the
 register map is in `modbus_register_map.py`.
 
 Fault injection (ModbusStationServer): `drop_connections()`, `stop()`/`start()`/`restart()` on the
@@ -23,8 +24,9 @@ from typing import Any
 import numpy as np
 import structlog
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -88,6 +90,8 @@ class _SequentialRequestHandler(ServerRequestHandler):
             try:
                 response = await pdu.datastore_update(self.server.context, pdu.dev_id)
             except KeyError:  # no such unit id
+                if isinstance(self.server, _StationSerialServer):
+                    return  # on a serial bus nobody answers for an address that is not there
                 response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
             except Exception as err:  # a simulator bug must not kill the connection
                 log.error("simulator request failed", error=repr(err))
@@ -99,6 +103,15 @@ class _SequentialRequestHandler(ServerRequestHandler):
 
 
 class _StationTcpServer(ModbusTcpServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks: set[asyncio.Task] = set()
+
+    def callback_new_connection(self) -> _SequentialRequestHandler:
+        return _SequentialRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class _StationSerialServer(ModbusSerialServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tasks: set[asyncio.Task] = set()
@@ -121,6 +134,9 @@ class ModbusStationServer(ServedStation):
     `clock`: model seconds now (default: `speed` x seconds since the first `start()`); tests pass
     their own to move the model explicitly. `leak_tester`: a `LeakTesterModel` fed by `model`,
     served on unit id `leak_unit_id` (faults other than `set_delay` apply to the sealer only).
+    `extra_unit_ids`: more unit ids answering as the same sealer (several devices on one bus).
+    `serial`: a serial port path to serve Modbus RTU on instead of TCP (`baudrate`, `parity`,
+    `stopbits`); `framer="rtu"`: RTU frames over TCP, as a serial gateway's TCP port.
     """
 
     def __init__(
@@ -134,8 +150,16 @@ class ModbusStationServer(ServedStation):
         speed: float = 1.0,
         leak_tester: LeakTesterModel | None = None,
         leak_unit_id: int = LEAK_TESTER_UNIT_ID,
+        extra_unit_ids: tuple[int, ...] = (),
+        serial: str | None = None,
+        baudrate: int = 19200,
+        parity: str = "E",
+        stopbits: int = 1,
+        framer: str = "socket",
     ) -> None:
         super().__init__(model, clock, speed)
+        if set(extra_unit_ids) & {unit_id, leak_unit_id if leak_tester is not None else -1}:
+            raise ValueError("every unit id needs a device of its own")
         if leak_tester is not None and leak_tester.sealer is not model:
             raise ValueError("the leak tester must be fed by the served sealer model")
         if leak_tester is not None and leak_unit_id == unit_id:
@@ -145,9 +169,13 @@ class ModbusStationServer(ServedStation):
         self.leak_tester = leak_tester
         self.leak_unit_id = leak_unit_id
         self.leak_requests = 0
+        self.extra_unit_ids = tuple(extra_unit_ids)
+        self.serial = serial
+        self._line = {"baudrate": baudrate, "parity": parity, "stopbits": stopbits, "bytesize": 8}
+        self._framer = FramerType.RTU if serial is not None or framer == "rtu" else FramerType.SOCKET
         self._requested_port = port
         self._port: int | None = None
-        self._server: _StationTcpServer | None = None
+        self._server: _StationTcpServer | _StationSerialServer | None = None
         self._faults: list[_Fault] = []
         self._delay = 0.0
         self._frozen: dict[str, Any] = {}
@@ -168,16 +196,17 @@ class ModbusStationServer(ServedStation):
     def running(self) -> bool:
         return self._server is not None
 
-    def _devices(self) -> SimDevice | list[SimDevice]:
+    def _devices(self) -> list[SimDevice]:
+        sealers = [self._device(unit) for unit in (self.unit_id, *self.extra_unit_ids)]
         if self.leak_tester is None:
-            return self._device()
+            return sealers
         blank = [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)]
         leak = SimDevice(id=self.leak_unit_id, action=self._leak_action, simdata=(
             blank, blank, [SimData(address=0, values=[0] * LEAK_TESTER_SIZE, datatype=DataType.REGISTERS)],
             [SimData(address=0, values=[0] * 16, datatype=DataType.REGISTERS)]))
-        return [self._device(), leak]
+        return [*sealers, leak]
 
-    def _device(self) -> SimDevice:
+    def _device(self, unit_id: int) -> SimDevice:
         def block(table: str, size: int) -> list[SimData]:
             values = [0] * size
             for addr, word in KNOWN_REGISTERS[table].items():
@@ -195,7 +224,7 @@ class ModbusStationServer(ServedStation):
             return [SimData(address=0, values=values, datatype=DataType.BITS)]
 
         return SimDevice(
-            id=self.unit_id,
+            id=unit_id,
             simdata=(bits("coil"), bits("discrete"), block("holding", HOLDING_SIZE), block("input", INPUT_SIZE)),
             action=self._action,
         )
@@ -203,20 +232,28 @@ class ModbusStationServer(ServedStation):
     async def start(self) -> None:
         if self._server is not None:
             return
-        port = self._port if self._port is not None else self._requested_port
-        server = _StationTcpServer(self._devices(), address=(self.host, port), trace_pdu=self._trace_pdu)
-        await server.serve_forever(background=True)
+        if self.serial is not None:
+            server: _StationTcpServer | _StationSerialServer = _StationSerialServer(
+                self._devices(), port=self.serial, trace_pdu=self._trace_pdu, reconnect_delay=0, **self._line)
+            await server.serve_forever(background=True)
+            self._port = 0
+        else:
+            port = self._port if self._port is not None else self._requested_port
+            server = _StationTcpServer(self._devices(), address=(self.host, port), trace_pdu=self._trace_pdu,
+                                       framer=self._framer)
+            await server.serve_forever(background=True)
+            self._port = server.transport.sockets[0].getsockname()[1]
         self._server = server
-        self._port = server.transport.sockets[0].getsockname()[1]
         self._start_clock()
-        log.info("modbus simulator listening", host=self.host, port=self._port, unit_id=self.unit_id,
+        log.info("modbus simulator listening", host=self.host, port=self._port, serial=self.serial,
+                 unit_id=self.unit_id, extra_unit_ids=self.extra_unit_ids or None,
                  leak_tester_unit_id=self.leak_unit_id if self.leak_tester else None)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        listener = server.transport
+        listener = server.transport if isinstance(server, _StationTcpServer) else None
         for task in list(server.tasks):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -372,6 +409,11 @@ class ModbusStationServer(ServedStation):
         )
 
 
+def _line_text(line: dict | None) -> str:
+    line = {"baudrate": 19200, "parity": "E", "stopbits": 1, **(line or {})}
+    return f"{line['baudrate']} 8{line['parity']}{line['stopbits']}"
+
+
 def _clamp(v: int, lo: int, hi: int) -> int:
     return lo if v < lo else hi if v > hi else v
 
@@ -387,6 +429,8 @@ async def serve_modbus(
     speed: float = 1.0,
     stop: asyncio.Event | None = None,
     leak_tester: bool = True,
+    serial: str | None = None,
+    line: dict | None = None,
 ) -> None:
     """Serve a heat-sealing station (unit id `unit_id`) and the leak tester downstream of it (unit id
     2, unless `leak_tester` is false) until `stop` is set (or forever): `linetap simulate modbus`."""
@@ -395,9 +439,10 @@ async def serve_modbus(
     tester = LeakTesterModel(model, seed=seed, keep_units=10_000) if leak_tester else None
     leak_unit_id = LEAK_TESTER_UNIT_ID if unit_id != LEAK_TESTER_UNIT_ID else LEAK_TESTER_UNIT_ID + 1
     server = ModbusStationServer(model, host=host, port=port, unit_id=unit_id, speed=speed, leak_tester=tester,
-                                 leak_unit_id=leak_unit_id)
+                                 leak_unit_id=leak_unit_id, serial=serial, **(line or {}))
     await server.start()
-    log.info("heat-sealer simulator running", endpoint=f"{host}:{server.port}", unit_id=unit_id,
+    where = f"{serial} (RTU {_line_text(line)})" if serial else f"{host}:{server.port}"
+    log.info("heat-sealer simulator running", endpoint=where, unit_id=unit_id,
              leak_tester_unit_id=leak_unit_id if tester else None,
              cycle_time=cycle_time, out_of_limit_share=out_of_limit_share, seed=seed)
     try:

@@ -19,13 +19,14 @@ def _check_simulator_options(cycle_time: float, out_of_limit: float, speed: floa
 
 
 @contextlib.contextmanager
-def _cannot_serve(host: str, port: int):
-    """A simulator that cannot listen (port taken, no such interface): a message and exit 3."""
+def _cannot_serve(host: str, port: int | None):
+    """A simulator that cannot listen (port taken, no such interface or serial port): a message and exit 3."""
     try:
         yield
     except (OSError, RuntimeError, ValueError, OverflowError) as err:
         cause = describe_os_error(err) if isinstance(err, OSError) else str(err)
-        typer.echo(f"linetap simulate: cannot listen on {host}:{port}: {cause}", err=True)
+        where = host if port is None else f"{host}:{port}"
+        typer.echo(f"linetap simulate: cannot listen on {where}: {cause}", err=True)
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
@@ -43,18 +44,29 @@ def simulate_modbus(
     seed: int = typer.Option(1, help="random seed (same seed, same units)"),
     speed: float = typer.Option(1.0, help="model seconds per real second (e.g. 10 for fast tests)"),
     leak_tester: bool = typer.Option(True, help="also serve the leak tester after the sealer (unit id 2)"),
+    serial: str | None = typer.Option(None, help="serve Modbus RTU on this serial port (e.g. /dev/ttyUSB1, "
+                                      "or one end of a socat pty pair) instead of TCP"),
+    baudrate: int = typer.Option(19200, help="with --serial: bits per second"),
+    parity: str = typer.Option("E", help="with --serial: N, E or O (E: the Modbus serial spec's default)"),
+    stopbits: int = typer.Option(1, min=1, max=2, help="with --serial: 1 or 2"),
 ) -> None:
-    """Serve the heat-sealing station (unit id 1) and the leak tester after it (unit id 2) over Modbus TCP
-    until Ctrl-C."""
+    """Serve the heat-sealing station (unit id 1) and the leak tester after it (unit id 2) over Modbus TCP,
+    or Modbus RTU on a serial port (--serial), until Ctrl-C."""
     from linetap.agent.logs import configure_logging
+    from linetap.config.devices.modbus import BAUD_RATES
     from linetap.simulators.modbus_server import serve_modbus
 
     _check_simulator_options(cycle_time, out_of_limit, speed)
+    if baudrate not in BAUD_RATES:
+        raise typer.BadParameter(f"not a standard rate ({', '.join(map(str, BAUD_RATES))})", param_hint="--baudrate")
+    if parity.upper() not in ("N", "E", "O"):
+        raise typer.BadParameter("must be N, E or O", param_hint="--parity")
+    line = {"baudrate": baudrate, "parity": parity.upper(), "stopbits": stopbits} if serial else None
     configure_logging("auto", "info")
-    with _cannot_serve(host, port):
+    with _cannot_serve(serial or host, port if serial is None else None):
         run_until_signal(lambda stop: serve_modbus(host, port, cycle_time=cycle_time,
                                                     out_of_limit_share=out_of_limit, seed=seed, speed=speed,
-                                                    stop=stop, leak_tester=leak_tester))
+                                                    stop=stop, leak_tester=leak_tester, serial=serial, line=line))
 
 
 @simulate_app.command("opcua")

@@ -1,10 +1,11 @@
-"""The config model of a Modbus TCP device and its tag map."""
+"""The config model of a Modbus device (TCP, RTU on a serial line, RTU through a TCP gateway) and its
+tag map."""
 
 from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from linetap.config.issues import At
 from linetap.config.units import Duration
@@ -72,13 +73,67 @@ def _span(tag: ModbusTag) -> str:
     return str(tag.address) if tag.width == 1 else f"{tag.address}..{tag.address + tag.width - 1}"
 
 
+BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400)
+_PARITY_WORDS = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
+
+
+class SerialLine(BaseModel):
+    """The serial port of a Modbus RTU bus (RS-485/RS-232). The defaults are the Modbus serial line
+    spec's (Modbus over Serial Line V1.02, 2.5.1): 19200 baud, 8 data bits, even parity, 1 stop bit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB0 or COM3")
+    baudrate: int = Field(19200, description="bits per second: " + ", ".join(map(str, BAUD_RATES)))
+    parity: Literal["N", "E", "O"] = Field("E", description="N none, E even (the spec's default), O odd")
+    stopbits: Literal[1, 2] = Field(1, description="1, or 2 with parity N (the spec's rule)")
+    bytesize: Literal[8] = Field(8, description="RTU frames carry 8 data bits")
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity_word(cls, value):
+        if isinstance(value, str) and value.strip().lower() in _PARITY_WORDS:
+            return _PARITY_WORDS[value.strip().lower()]
+        if value is False:  # YAML 1.1 readers take a bare N for false
+            return "N"
+        return value
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_rate(cls, value: int) -> int:
+        if value not in BAUD_RATES:
+            raise ValueError(f"{value} is not a standard serial rate ({', '.join(map(str, BAUD_RATES))}); "
+                             "use the rate set on the device")
+        return value
+
+    @property
+    def bits_per_char(self) -> int:
+        """Bits on the wire per byte: start, 8 data, parity (if any), stop bits."""
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
+    def wire_time(self, nbytes: int) -> float:
+        """Seconds `nbytes` take on the line."""
+        return nbytes * self.bits_per_char / self.baudrate
+
+    @property
+    def frame_gap(self) -> float:
+        """The silence between two frames: 3.5 character times, and a fixed 1.75 ms above 19200 baud
+        (the spec, 2.5.1.1)."""
+        return 0.00175 if self.baudrate > 19200 else self.wire_time(3.5)
+
+
 class ModbusDeviceConfig(DeviceBase):
-    """A Modbus TCP device (PLC, controller, gateway)."""
+    """A Modbus device (PLC, controller, gateway): over TCP, or RTU on a serial line (`serial:`), or RTU
+    through a serial gateway's TCP port (`transport: rtu-over-tcp`)."""
 
     protocol: Literal["modbus"]
-    host: str = Field(min_length=1)
-    port: int = Field(502, ge=1, le=65535)
-    unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id")
+    transport: Literal["tcp", "rtu", "rtu-over-tcp"] = Field(
+        "tcp", description="tcp = Modbus TCP (host/port); rtu = Modbus RTU on the serial port in `serial:`; "
+        "rtu-over-tcp = RTU frames through a serial gateway's TCP port (host/port)")
+    host: str | None = Field(None, min_length=1, description="the device or gateway (tcp, rtu-over-tcp)")
+    port: int = Field(502, ge=1, le=65535, description="TCP port (tcp, rtu-over-tcp)")
+    serial: SerialLine | None = Field(None, description="the serial port, for transport rtu")
+    unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id; 1-247 on a serial line")
     addressing: Literal["zero_based", "one_based"] = Field(
         description="how the addresses in this tag map count: zero_based = protocol addresses "
         "(register 0 is the first), one_based = documentation style (register 1 is the first)"
@@ -89,6 +144,36 @@ class ModbusDeviceConfig(DeviceBase):
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
     tags: list[ModbusTag] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> Self:
+        if self.transport == "rtu":
+            if self.serial is None:
+                raise At(("transport",), "transport rtu needs a `serial:` block (port, baudrate, parity, "
+                         "stopbits) naming the serial port, e.g. serial: {port: /dev/ttyUSB0}")
+            for key in ("host", "port"):
+                if key in self.model_fields_set:
+                    raise At((key,), f"`{key}` is for Modbus TCP; a transport rtu device is reached through "
+                             "`serial:` (for a serial gateway on the network use transport: rtu-over-tcp)")
+            if not 1 <= self.unit_id <= 247:
+                raise At(("unit_id",), f"unit id {self.unit_id} is not a device address on a serial line: "
+                         "0 is broadcast (nobody answers) and 248-255 are reserved; use the device's "
+                         "address, 1-247")
+        else:
+            if self.serial is not None:
+                raise At(("serial",), f"`serial:` is for transport rtu (this device has transport "
+                         f"{self.transport}); add transport: rtu, or remove the serial block")
+            if self.host is None:
+                raise At(("transport",) if "transport" in self.model_fields_set else ("protocol",),
+                         f"transport {self.transport} needs `host:` (the device's or gateway's address)")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """Where the device is, for messages: host:port, or the serial port and unit id."""
+        if self.serial is not None:
+            return f"{self.serial.port} unit {self.unit_id}"
+        return f"{self.host}:{self.port}"
 
     @model_validator(mode="after")
     def _check_tags(self) -> Self:
@@ -132,3 +217,28 @@ class ModbusDeviceConfig(DeviceBase):
                          "check the addresses and types (a bit of a register is type: bit)",
                          first=("tags", j, "address"))
             open_spans.append((start, end, i))
+
+
+def check_serial_buses(devices: list) -> None:
+    """Devices on one serial port share the bus: the same line settings, and a unit id each."""
+    first: dict[str, int] = {}
+    units: dict[tuple[str, int], int] = {}
+    for i, device in enumerate(devices):
+        line = getattr(device, "serial", None)
+        if line is None:
+            continue
+        j = first.setdefault(line.port, i)
+        other = devices[j]
+        if other.serial != line:
+            raise At(("devices", i, "serial"), f"device {device.name!r} is on serial port {line.port} like "
+                     f"device {other.name!r} but with other settings ({_line(line)} against {_line(other.serial)}); "
+                     "every device on one bus talks at the same settings", first=("devices", j, "serial"))
+        k = units.setdefault((line.port, device.unit_id), i)
+        if k != i:
+            raise At(("devices", i, "unit_id"), f"device {device.name!r} and device {devices[k].name!r} both have "
+                     f"unit id {device.unit_id} on serial port {line.port}: each device on a bus needs its own "
+                     "address", first=("devices", k, "unit_id"))
+
+
+def _line(line: SerialLine) -> str:
+    return f"{line.baudrate} {line.bytesize}{line.parity}{line.stopbits}"

@@ -1,19 +1,24 @@
-"""Modbus TCP driver (pymodbus async client); its config model is `linetap.config.devices.modbus`.
+"""Modbus driver (pymodbus async client) for Modbus TCP, RTU on a serial line and RTU through a
+serial gateway's TCP port; its config model is `linetap.config.devices.modbus`.
 
 The reads are planned once, at start-up (`plan.plan_reads`); each reply is checked against its request
 (`reply`) and decoded as a whole block (`decode`). This module is the transport: connect, request,
-failure handling per block, and the poll that puts the blocks together into one batch.
+failure handling per block, and the poll that puts the blocks together into one batch. RTU replies
+have their own guard (`rtu_reply`); the devices on one serial port share it, with one client and one
+request at a time (`serial_bus`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 
 import numpy as np
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
 
 from linetap.config.devices.modbus import ModbusDeviceConfig
 from linetap.drivers.samples import Quality, SampleBatch, TagNames, ValueColumns, now_us
@@ -22,6 +27,8 @@ from ..base import DeviceUnreachable, PollingDriver, describe_os_error
 from .decode import BlockFailure, DecodePlan, build_decode_plan, decode_block
 from .plan import ReadBlock, plan_reads, split_block
 from .reply import RejectedReplies, ReplyGuard, ReplyRejected, check_response, expected_for
+from .rtu_reply import RtuReplyGuard
+from .serial_bus import SerialBus
 from .words import register_word_replies
 
 log = structlog.get_logger("linetap.drivers.modbus")
@@ -52,7 +59,7 @@ EXCEPTION_NAMES = {
 
 
 class ModbusDriver(PollingDriver):
-    """Polls one Modbus TCP device: every tag, in as few requests as the plan allows.
+    """Polls one Modbus device: every tag, in as few requests as the plan allows.
 
     Samples come in plan order (table, then address), the order of `tag_names`.
     """
@@ -79,8 +86,9 @@ class ModbusDriver(PollingDriver):
         self._lost_cause: str | None = None  # what ended the connection, as pymodbus saw it
         self._failures: dict[tuple[str, int, int], str] = {}  # block -> failure kind being reported
         self._silent_polls = 0
-        self._where = f"{config.host}:{config.port}"
-        self._guard: ReplyGuard | None = None
+        self._where = config.endpoint
+        self._guard: ReplyGuard | RtuReplyGuard | None = None
+        self._bus: SerialBus | None = None
         self.rejects = RejectedReplies(config.name, self._where, self.counters)
 
     @property
@@ -92,16 +100,20 @@ class ModbusDriver(PollingDriver):
     async def connect(self) -> None:
         await self.close()
         cfg = self.config
+        if cfg.transport == "rtu":
+            await self._connect_serial()
+            return
         # pymodbus' own timeout is a backstop; ours (asyncio.wait_for) fires first and is exact.
+        rtu = cfg.transport == "rtu-over-tcp"
         client = AsyncModbusTcpClient(
             cfg.host, port=cfg.port, timeout=cfg.timeout + 1.0, retries=0, reconnect_delay=0,
-            name=f"linetap-{cfg.name}",
+            name=f"linetap-{cfg.name}", framer=FramerType.RTU if rtu else FramerType.SOCKET,
         )
         self._capture_errors(client)
         if not register_word_replies(client):
             log.info("pymodbus refused linetap's register reply classes: decoding through pymodbus' own "
                      "(the same values, more CPU per reply)", device=cfg.name)
-        self._guard = ReplyGuard.install(client)
+        self._guard = RtuReplyGuard.install(client) if rtu else ReplyGuard.install(client)
         if self._guard is None:
             log.warning("pymodbus internals changed: replies are checked only after pymodbus decoded them "
                         "(unit and transaction ids unchecked)", device=cfg.name)
@@ -122,7 +134,34 @@ class ModbusDriver(PollingDriver):
                                     f"{_describe_os_error(self._connect_error, cfg.timeout)}")
         self._client = client
         self._silent_polls = 0
-        log.info("modbus connected", device=cfg.name, endpoint=self._where, requests_per_poll=len(self.blocks))
+        log.info("modbus connected", device=cfg.name, endpoint=self._where, requests_per_poll=len(self.blocks),
+                 transport=cfg.transport)
+
+    async def _connect_serial(self) -> None:
+        """Open (or share) the serial port, then ask the unit for the first block: on a bus the port
+        being open says nothing about the device, so the device counts as connected once it answers
+        (with data, a Modbus exception or even a wrong reply: something is there)."""
+        cfg = self.config
+        bus = SerialBus.attach(cfg.serial)
+        try:
+            client = await bus.open(cfg.timeout)
+        except BaseException:
+            bus.detach()
+            raise
+        self._bus, self._client, self._guard = bus, client, bus.guard
+        self._lost_cause = None
+        if self._plans:
+            try:
+                await self._request(client, self._plans[0].block)
+            except BlockFailure as failure:
+                if failure.kind == "timeout":
+                    raise self._lost(f"unit {cfg.unit_id} does not answer ({failure.reason}); is the unit id "
+                                     f"right, is it powered, are the line settings {cfg.serial.baudrate} "
+                                     f"{cfg.serial.bytesize}{cfg.serial.parity}{cfg.serial.stopbits} its own, "
+                                     "are A/B wired the right way round?") from None
+        self._silent_polls = 0
+        log.info("modbus connected", device=cfg.name, endpoint=self._where, requests_per_poll=len(self.blocks),
+                 transport="rtu", baudrate=cfg.serial.baudrate, devices_on_port=bus.users)
 
     def _capture_errors(self, client: AsyncModbusTcpClient) -> None:
         """pymodbus logs and swallows the OSError of a failed connect, and reports a lost connection
@@ -153,14 +192,19 @@ class ModbusDriver(PollingDriver):
             ctx.callback_disconnected = callback_disconnected
 
     async def close(self) -> None:
+        self._drop_client()
+
+    def _drop_client(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        bus, self._bus = self._bus, None
+        if bus is not None:  # the port stays open while other devices on it use it
+            self._guard = None
+            bus.detach()
+        elif client is not None:
             _safe_close(client)
 
     def _lost(self, cause: str) -> DeviceUnreachable:
-        client, self._client = self._client, None
-        if client is not None:
-            _safe_close(client)
+        self._drop_client()
         return DeviceUnreachable(f"connection to {self._where} (device {self.name}) lost: {cause}")
 
     # --- polling -------------------------------------------------------------------------
@@ -270,10 +314,18 @@ class ModbusDriver(PollingDriver):
         return True
 
     async def _request(self, client: AsyncModbusTcpClient, block: ReadBlock):
+        bus = self._bus
+        async with bus.turn() if bus is not None else contextlib.nullcontext():
+            return await self._request_now(client, block)
+
+    async def _request_now(self, client: AsyncModbusTcpClient, block: ReadBlock):
         cfg = self.config
         kwargs = {"count": block.count, "device_id": cfg.unit_id}
         table = block.table
         expected = expected_for(table, block.count, cfg.unit_id)
+        timeout = cfg.timeout
+        if cfg.serial is not None:  # plus the time the request (8 bytes) and its reply take on the line
+            timeout += cfg.serial.wire_time(8 + 5 + expected.byte_count)
         guard = self._guard
         if guard is not None:
             guard.expect(expected)
@@ -286,18 +338,18 @@ class ModbusDriver(PollingDriver):
         else:
             call = client.read_discrete_inputs(block.address, **kwargs)
         try:
-            async with asyncio.timeout(cfg.timeout):
+            async with asyncio.timeout(timeout):
                 response = await call
         except TimeoutError:
             if guard is None:
-                raise BlockFailure("timeout", f"timed out after {cfg.timeout:g}s") from None
+                raise BlockFailure("timeout", f"timed out after {timeout:.3g}s") from None
             guard.timed_out()
             if guard.partial is not None:
                 got, size = guard.partial
                 of = f" of {size}" if size else ""
-                raise BlockFailure("rejected", f"incomplete reply: {got}{of} bytes within {cfg.timeout:g}s") from None
+                raise BlockFailure("rejected", f"incomplete reply: {got}{of} bytes within {timeout:.3g}s") from None
             late = " (only a late reply to an earlier request came)" if guard.late_reply is not None else ""
-            raise BlockFailure("timeout", f"timed out after {cfg.timeout:g}s{late}") from None
+            raise BlockFailure("timeout", f"timed out after {timeout:.3g}s{late}") from None
         except ReplyRejected as err:
             raise BlockFailure("rejected", str(err)) from None
         except _Disconnected as err:

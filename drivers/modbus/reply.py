@@ -74,13 +74,17 @@ def check_reply(frame: bytes, tid: int, expected: Expected) -> str | None:
         return f"reply of {len(frame)} bytes, too short for a Modbus TCP frame"
     got_tid = int.from_bytes(frame[0:2], "big")
     protocol = int.from_bytes(frame[2:4], "big")
-    unit = frame[6]
-    function = frame[7]
-    pdu = frame[7:]
     if protocol != 0:
         return f"reply with protocol id {protocol}, not Modbus (0)"
     if got_tid != tid:
         return f"reply for transaction {got_tid} to request {tid}"
+    return check_pdu(frame[6], frame[7:], expected)
+
+
+def check_pdu(unit: int, pdu: bytes, expected: Expected) -> str | None:
+    """Why a reply from `unit` carrying `pdu` (function code onwards) does not answer the request, or
+    None when it does: the checks every framing shares (TCP's MBAP, RTU's address and CRC)."""
+    function = pdu[0]
     if unit != expected.unit:
         return f"reply from unit {unit} to a request for unit {expected.unit}"
     if function == expected.function | 0x80:
