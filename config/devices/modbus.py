@@ -10,6 +10,7 @@ from linetap.config.issues import At
 from linetap.config.units import Duration
 
 from .base import DeviceBase, TagBase
+from .exception import ExceptionFields, TagException, effective
 
 ModbusTable = Literal["holding", "input", "coil", "discrete"]
 ModbusType = Literal[
@@ -22,7 +23,7 @@ REGISTER_WIDTH = {"bit": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "f
                   "int64": 4, "uint64": 4, "float64": 4}
 
 
-class ModbusTag(TagBase):
+class ModbusTag(ExceptionFields, TagBase):
     """One value in the device's Modbus map."""
 
     table: ModbusTable = Field("holding", description="holding | input registers, coil | discrete input")
@@ -55,7 +56,15 @@ class ModbusTag(TagBase):
             raise ValueError("type bit needs `bit` (0-15)")
         if self.type != "bit" and self.bit is not None:
             raise ValueError("`bit` applies to type bit only")
+        if self.deadband is not None and not self.numeric:
+            raise At(("deadband",), f"tag {self.name!r} is type {self.type}: a deadband applies to numbers only; "
+                     "a boolean or text tag is sent on any change (leave `deadband` out, `max_silence` may stay)")
         return self
+
+    @property
+    def numeric(self) -> bool:
+        """Whether a deadband can apply: not bool, bit or string."""
+        return self.type not in ("bool", "bit", "string")
 
     @property
     def width(self) -> int:
@@ -72,7 +81,7 @@ def _span(tag: ModbusTag) -> str:
     return str(tag.address) if tag.width == 1 else f"{tag.address}..{tag.address + tag.width - 1}"
 
 
-class ModbusDeviceConfig(DeviceBase):
+class ModbusDeviceConfig(ExceptionFields, DeviceBase):
     """A Modbus TCP device (PLC, controller, gateway)."""
 
     protocol: Literal["modbus"]
@@ -132,3 +141,9 @@ class ModbusDeviceConfig(DeviceBase):
                          "check the addresses and types (a bit of a register is type: bit)",
                          first=("tags", j, "address"))
             open_spans.append((start, end, i))
+
+    def exception_rules(self) -> dict[str, TagException] | None:
+        """Report by exception: the rule of each tag that has one (`deadband` / `max_silence` of the
+        tag, else of the device); None when no tag has one (every sample is sent)."""
+        rules = {t.name: rule for t in self.tags if (rule := effective(t, self, t.numeric)) is not None}
+        return rules or None
