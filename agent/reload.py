@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from linetap.agent.capture import config_version
+from linetap.agent.deadband import ExceptionFilter
 from linetap.agent.status_file import DeviceStatus
 from linetap.agent.tasks import cancel_and_wait
 from linetap.buffers.records import Event
@@ -143,6 +144,12 @@ class Reloader:
             status = a.stats.devices[name]
             status.state, status.since, status.reason = "removed", now_us(), "removed by a config reload"
         a.config = new
+        filters = ExceptionFilter(new.devices)  # report by exception: unchanged devices keep their state
+        for name, f in a.exceptions.devices.items():
+            if name in filters.devices and name not in stopping:
+                filters.devices[name] = f
+        filters.offered, filters.passed = a.exceptions.offered, a.exceptions.passed
+        a.exceptions = filters
         a.forwarder.encoder.topics.stations = {d.name: d.station_name for d in new.devices}
         units, events = a.capture.reconfigure(new, now_us())
         for d in new.devices:

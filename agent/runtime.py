@@ -27,6 +27,7 @@ import structlog
 
 from linetap.agent.backoff import Backoff
 from linetap.agent.capture import CaptureEngine, config_version
+from linetap.agent.deadband import ExceptionFilter
 from linetap.agent.metrics import open_metrics
 from linetap.agent.reload import Reloader
 from linetap.agent.sd_notify import Notifier
@@ -78,6 +79,7 @@ class Agent:
         self.capture = CaptureEngine(config)
         self.metrics = open_metrics(config, self, config_version(config))
         self.reloader = Reloader(self)  # SIGHUP: request(path)
+        self.exceptions = ExceptionFilter(config.devices)  # report by exception: telemetry only
         self.ready = asyncio.Event()  # set once the buffer is open and tasks run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -225,15 +227,16 @@ class Agent:
         self._put(Event("device_state", now_us(), device_cfg.name, device_cfg.station_name, data))
 
     async def _produce(self, batch: SampleBatch) -> None:
-        """A device's batch to the telemetry writer; what the unit capture makes of it to the records writer."""
+        """A device's batch to the unit capture (every poll), then, thinned by report by exception, to the
+        telemetry writer; what the unit capture makes of it to the records writer."""
         if not len(batch):
             return
         self.stats.samples_read += len(batch)
-        units, events = self.capture.feed(batch)
+        units, events = self.capture.feed(batch)  # every poll: unit records never see the deadband
         if units or events:
             self.metrics.captured(units, events)
             self._put(_Captured(units, events))
-        await self._queue.put(batch)
+        await self._queue.put(self.exceptions.apply(batch))
 
     def _put(self, record: Event | _Captured) -> None:
         self._records.put_nowait(record)

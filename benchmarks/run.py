@@ -1,4 +1,4 @@
-"""`python -m benchmarks.run [--smoke | --long] [--nodered] [--profile] [--opcua]`: linetap end to end on this machine.
+"""`python -m benchmarks.run [--smoke | --long] [--nodered] [--profile] [--opcua] [--only PART]`: linetap end to end on this machine.
 
 Every part runs in its own process: Modbus station simulators (one pymodbus server per device
 up to `--max-sims`), a private Mosquitto on a free port, the agent (`benchmarks.procs agent`),
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodered", action="store_true", help="Node-RED side by side (npm install on first use)")
     p.add_argument("--profile", action="store_true",
                    help="one more run of the 80k scenario under py-spy (with libmodbus: of that scenario too)")
-    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile", "libmodbus", "sink"),
+    p.add_argument("--only", choices=("modbus", "opcua", "drain", "nodered", "profile", "libmodbus", "sink", "deadband"),
                    action="append", help="run only these parts (libmodbus: linetap and Node-RED against a C "
                                          "Modbus server, also part of --nodered; sink: `linetap sink` into "
                                          "PostgreSQL/DuckDB and `trace` latency, only when asked for)")
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if only == {"sink"}:
         return _sink_only(args, work)
+    if only == {"deadband"}:
+        return _deadband_only(args, work)
 
     print(f"# linetap benchmark ({'smoke' if args.smoke else 'long' if args.long else 'standard'})", flush=True)
     print(machine_facts(), flush=True)
@@ -167,6 +169,22 @@ def main(argv: list[str] | None = None) -> int:
             and (not wanted("opcua") or (bool(opc) and all(r.values["delivered"] > 0 for r in opc)))
     print(f"\nresults: {results_path}; {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
+
+
+def _deadband_only(args, work: Path) -> int:
+    """`--only deadband`: report by exception on the demo line, with and without (benchmarks/deadband.py)."""
+    from benchmarks import deadband
+
+    print(f"# linetap benchmark: deadband ({'smoke' if args.smoke else 'standard'})", flush=True)
+    results = deadband.run(work / "deadband", 3.0 if args.smoke else 60.0)
+    deadband.report(results)
+    results_path = args.results or (work / "results.json" if args.smoke else ROOT / "benchmarks" / "results" / "latest.json")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({
+        "machine": machine_facts(), "argv": sys.argv[1:], "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "results": results}, indent=1, default=str))
+    print(f"\nresults: {results_path}")
+    return 0
 
 
 def _sink_only(args, work: Path) -> int:

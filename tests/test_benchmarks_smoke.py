@@ -78,3 +78,20 @@ def test_sink_benchmark_smoke_runs(tmp_path):
     assert tr["units"] == 1000 and tr["serials"] == 50 and tr["unverified"] == 0 and tr["units_seen"] >= 50
     assert all(rc == 0 for rc in tr["cli_rc"])
     assert source_tree() == before, "the sink smoke run wrote into the source tree"
+
+
+@pytest.mark.timeout(120)
+def test_deadband_benchmark_smoke_runs(tmp_path):
+    """`--only deadband --smoke`: both variants measured; the deadband stores and sends less, and rides out longer."""
+    results = tmp_path / "deadband.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "deadband", "--smoke", "--workdir",
+                        str(tmp_path / "work"), "--results", str(results)],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Report by exception" in r.stdout
+    rows = {x["variant"]: x for x in json.loads(results.read_text())["results"]}
+    every, rbe = rows["every sample"], rows["deadband"]
+    assert every["stored"] == every["offered"] > 0
+    assert 0 < rbe["stored"] < rbe["offered"]
+    assert rbe["wire_payload_mb_per_hour"] < every["wire_payload_mb_per_hour"]
+    assert rbe["outage_hours_2gb_at_40k"] > every["outage_hours_2gb_at_40k"]

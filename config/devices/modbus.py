@@ -11,6 +11,7 @@ from linetap.config.issues import At
 from linetap.config.units import Duration
 
 from .base import DeviceBase, TagBase
+from .exception import ExceptionFields, TagException, effective
 
 ModbusTable = Literal["holding", "input", "coil", "discrete"]
 ModbusType = Literal[
@@ -23,7 +24,7 @@ REGISTER_WIDTH = {"bit": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "f
                   "int64": 4, "uint64": 4, "float64": 4}
 
 
-class ModbusTag(TagBase):
+class ModbusTag(ExceptionFields, TagBase):
     """One value in the device's Modbus map."""
 
     table: ModbusTable = Field("holding", description="holding | input registers, coil | discrete input")
@@ -56,7 +57,15 @@ class ModbusTag(TagBase):
             raise ValueError("type bit needs `bit` (0-15)")
         if self.type != "bit" and self.bit is not None:
             raise ValueError("`bit` applies to type bit only")
+        if self.deadband is not None and not self.numeric:
+            raise At(("deadband",), f"tag {self.name!r} is type {self.type}: a deadband applies to numbers only; "
+                     "a boolean or text tag is sent on any change (leave `deadband` out, `max_silence` may stay)")
         return self
+
+    @property
+    def numeric(self) -> bool:
+        """Whether a deadband can apply: not bool, bit or string."""
+        return self.type not in ("bool", "bit", "string")
 
     @property
     def width(self) -> int:
@@ -122,7 +131,7 @@ class SerialLine(BaseModel):
         return 0.00175 if self.baudrate > 19200 else self.wire_time(3.5)
 
 
-class ModbusDeviceConfig(DeviceBase):
+class ModbusDeviceConfig(ExceptionFields, DeviceBase):
     """A Modbus device (PLC, controller, gateway): over TCP, or RTU on a serial line (`serial:`), or RTU
     through a serial gateway's TCP port (`transport: rtu-over-tcp`)."""
 
@@ -218,6 +227,11 @@ class ModbusDeviceConfig(DeviceBase):
                          first=("tags", j, "address"))
             open_spans.append((start, end, i))
 
+    def exception_rules(self) -> dict[str, TagException] | None:
+        """Report by exception: the rule of each tag that has one (`deadband` / `max_silence` of the
+        tag, else of the device); None when no tag has one (every sample is sent)."""
+        rules = {t.name: rule for t in self.tags if (rule := effective(t, self, t.numeric)) is not None}
+        return rules or None
 
 def check_serial_buses(devices: list) -> None:
     """Devices on one serial port share the bus: the same line settings, and a unit id each."""
