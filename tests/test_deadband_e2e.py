@@ -125,24 +125,33 @@ async def test_deadband_on_and_off_against_the_simulators_truth(tmp_path, broker
 
     # On: every change beyond the deadband is there; the value held at the MES never strays from the truth
     # by more than the deadband (at every model step, after that step's polls); any change for the rest.
+    # A sample carries its poll's start time: a poll sent just before a step's `done` time and answered
+    # after the next step holds that next step's value (a loaded machine makes this happen), so the held
+    # value may match step k or k + 1.
+    def near(held: list, served: list, ok) -> list:
+        return [(k, h, served[k]) for k, h in enumerate(held)
+                if not (ok(h, served[k]) or (k + 1 < len(served) and ok(h, served[k + 1])))]
+
     for tag in TRUTH_FIELDS:
         on = series(rows_on, tag)
         sent = [v for _, v in on]
         served = [s[tag] for s in truth]
         held = _held(on, done)
         if tag == "temperature":
-            assert all(abs(h - s) <= T_BAND + 1e-3 for h, s in zip(held, served, strict=True)), tag
+            assert not near(held, served, lambda h, s: abs(h - s) <= T_BAND + 1e-3), tag
         elif tag == "pressure":
-            assert all(abs(h - s) <= P_BAND / 100 * abs(h) + 1e-5 for h, s in zip(held, served, strict=True))
+            assert not near(held, served, lambda h, s: abs(h - s) <= P_BAND / 100 * abs(h) + 1e-5), tag
         else:
-            assert _close(held, served), tag
+            assert not near(held, served, lambda h, s: _close([h], [s])), tag
             changes = [v for k, v in enumerate(served) if k == 0 or v != served[k - 1]]
             distinct = [v for k, v in enumerate(sent) if k == 0 or v != sent[k - 1]]
             assert _close(distinct, changes), tag
-    # max_silence: no tag is silent longer than max_silence (+ one poll and scheduling slack)
+    # max_silence: no tag is silent longer than max_silence plus the longest time between two polls (a
+    # resend goes with the first poll after the silence; a loaded machine stretches the polls, not the rule)
+    poll_gap = max(np.diff([r[5] for r in rows_on if r[1] == POLLS_TAG]))
     for tag in (t["name"] for t in STATION_TAGS):
         ts = [a for a, _ in series(rows_on, tag)]
-        assert len(ts) >= 2 and max(np.diff(ts)) <= (SILENCE + 0.25) * 1e6, tag
+        assert len(ts) >= 2 and max(np.diff(ts)) <= SILENCE * 1e6 + poll_gap + 1000, (tag, poll_gap)
     assert any(max(np.diff([a for a, _ in series(rows_on, t)])) >= SILENCE * 1e6 * 0.9
                for t in ("dwell", "setpoint", "rejects")), "a held tag was re-sent by max_silence"
 
