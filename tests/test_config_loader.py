@@ -162,7 +162,8 @@ def test_parse_config_with_explicit_environ(tmp_path: Path) -> None:
 def test_unknown_key(tmp_path: Path) -> None:
     issue = only_issue(tmp_path, VALID.replace("        type: float32", "        type: float32\n        scael: 2"))
     assert (issue.line, issue.field) == (22, "devices[0].tags[0].scael")
-    assert issue.message.startswith("unknown key 'scael' (allowed: name, table, address, type,")
+    assert issue.message.startswith("unknown key 'scael' (allowed: name, ")
+    assert ", table, address, type, " in issue.message and "deadband, max_silence" in issue.message
     assert "did you mean 'scale'?" in issue.message
 
 
