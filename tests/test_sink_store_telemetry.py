@@ -45,3 +45,16 @@ def test_telemetry_timestamps_exact_and_counts(target):
         assert source_ts == (from_us(T + 7 * seq) if seq % 2 else None), seq
         assert agent_ts == from_us(T + 1_000_003 * seq), seq
         assert value == "1.5"
+
+
+def test_the_poll_counter_of_report_by_exception_lands_as_a_sample(target):
+    """A device with a deadband sends a `$polls` sample per poll (agent/deadband.py): the sink stores it
+    like any sample, an integer kept an integer, so the MES tells 'unchanged' from 'lost'."""
+    from linetap.agent.deadband import POLLS_TAG
+
+    polls = Parsed("telemetry", {
+        "schema": "linetap.telemetry/2", "agent": AGENT, "seq": 1, "count": 2, "device": "dev0", "station": "st1",
+        "samples": {"tag": ["t_fast", POLLS_TAG], "value": [180.25, 17], "quality": ["good", "good"],
+                    "reason": [None, None], "source_ts": [None, None], "agent_ts": [T, T]}})
+    assert Store(target).store([polls]).inserted["telemetry"] == 2
+    assert target.execute("SELECT tag, value FROM telemetry ORDER BY seq") == [("t_fast", "180.25"), (POLLS_TAG, "17")]
