@@ -8,10 +8,12 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from linetap.config.issues import At
 from linetap.config.secrets import secret_value
 from linetap.config.units import Duration
 
 from .base import DeviceBase, TagBase, resolve
+from .exception import DEFAULT_MAX_SILENCE, TagException
 
 SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["None", "Sign", "SignAndEncrypt"]
@@ -48,6 +50,7 @@ class OpcUaTag(TagBase):
     unit: str | None = Field(None, description="engineering unit; defaults to the node's EUInformation")
     description: str | None = None
     deadband: OpcUaDeadband | None = Field(None, description="overrides the device's deadband for this tag")
+    max_silence: Duration | None = Field(None, gt=0, description="poll: overrides the device's max_silence")
     sampling_interval: Duration | None = Field(None, description="overrides the device's sampling interval")
     data_type: str | None = Field(None, description="informational (as found by `linetap browse`)")
 
@@ -116,7 +119,12 @@ class OpcUaDeviceConfig(DeviceBase):
     queue_size: int = Field(
         1, ge=0, le=100_000, description="subscribe: values the server keeps per item between publishes "
         "(>1 keeps every sampled change, not only the last)")
-    deadband: OpcUaDeadband | None = Field(None, description="subscribe: data-change deadband for every tag")
+    deadband: OpcUaDeadband | None = Field(
+        None, description="data-change deadband for every tag: subscribe: the server's filter; poll: the agent's "
+        "report by exception (absolute only)")
+    max_silence: Duration | None = Field(
+        None, gt=0, description="poll: send a tag that did not move at least this often (report by exception; "
+        f"default {DEFAULT_MAX_SILENCE:g}s once a deadband applies)")
     poll_interval: Duration = Field(1.0, gt=0, description="poll: how often every tag is read")
     timeout: Duration = Field(5.0, gt=0, description="per-request and connect timeout")
     keepalive: Duration = Field(5.0, gt=0, description="subscribe: the server sends at least this often; "
@@ -135,6 +143,36 @@ class OpcUaDeviceConfig(DeviceBase):
         if not re.match(r"^opc\.tcp://[^/:\s]+(:\d+)?(/.*)?$", v):
             raise ValueError(f"{v!r} is not an OPC UA endpoint; write it like opc.tcp://192.168.0.10:4840")
         return v
+
+    @model_validator(mode="after")
+    def _report_by_exception(self) -> Self:
+        if self.mode == "subscribe":
+            where = [("max_silence",)] if self.max_silence is not None else []
+            where += [("tags", i, "max_silence") for i, t in enumerate(self.tags) if t.max_silence is not None]
+            if where:
+                raise At(where[0], "max_silence is for mode: poll; subscribed, the server reports changes itself "
+                         "(keepalive says it is alive)")
+            return self
+        where = [("deadband", "type")] if self.deadband is not None and self.deadband.type == "percent" else []
+        where += [("tags", i, "deadband", "type") for i, t in enumerate(self.tags)
+                  if t.deadband is not None and t.deadband.type == "percent"]
+        if where:
+            raise At(where[0], "a percent deadband is of the node's EURange, which only the server applies "
+                     "(mode: subscribe); polled, give type: absolute (engineering units)")
+        return self
+
+    def exception_rules(self) -> dict[str, TagException] | None:
+        """Poll mode: report by exception in the agent (`linetap.agent.deadband`), the tag's deadband and
+        max_silence over the device's; None in subscribe mode (the server filters) or with no rule."""
+        if self.mode != "poll":
+            return None
+        rules = {}
+        for t in self.tags:
+            deadband, silence = t.deadband or self.deadband, t.max_silence or self.max_silence
+            if deadband is not None or silence is not None:
+                rules[t.name] = TagException(True, deadband.value if deadband else None, None,
+                                             silence if silence is not None else DEFAULT_MAX_SILENCE)
+        return rules or None
 
     @model_validator(mode="after")
     def _check_node_refs(self) -> Self:
