@@ -104,7 +104,8 @@ async def test_poll_mode_gives_the_same_values(opcua_sim):
         await driver.close()
     assert len(batches) >= 4
     for b in batches:
-        assert b.tag == driver.tag_names and all(q == Quality.GOOD for q in b.quality)
+        assert list(b.tag) == driver.tag_names and all(q == Quality.GOOD for q in b.quality)
+        assert b.tag is batches[0].tag  # one tag-name object for every poll: consumers index it once
         assert all(ts is not None for ts in b.source_ts)
     assert batches[-1].agent_ts - batches[0].agent_ts >= 250_000  # polled at the interval
     assert latest(batches)["setpoint"][0] == 180.0

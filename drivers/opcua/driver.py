@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from linetap.config.devices.opcua import DEFAULT_ITEMS_PER_CALL, OpcUaDeviceConfig
-from linetap.drivers.samples import Quality, SampleBatch, now_us
+from linetap.drivers.samples import Quality, SampleBatch, TagNames, now_us
 
 from ..base import DeviceConfigError, DeviceUnreachable, Driver, DriverError, describe_os_error
 from .client import chunks, open_client, quiet_disconnect, read_operation_limits
@@ -61,7 +61,7 @@ class OpcUaDriver(Driver):
     def __init__(self, config: OpcUaDeviceConfig) -> None:
         super().__init__(config.name)
         self.config = config
-        self._names = [t.name for t in config.tags]
+        self._names = TagNames(t.name for t in config.tags)  # one object for every polled batch (as Modbus)
         self._client = None
         self._where = f"device {config.name} at {config.endpoint}"
         self._queue: asyncio.Queue[SampleBatch | _Lost] = asyncio.Queue()
@@ -338,7 +338,7 @@ class OpcUaDriver(Driver):
                 values[i], quality[i], reason[i] = self._types.check(i, values[i], quality[i], reason[i], vt)
                 if vt == FLOAT and type(values[i]) is float:
                     floats.append(i)
-        return SampleBatch(device=self.name, tag=list(self._names), value=values, quality=quality,
+        return SampleBatch(device=self.name, tag=self._names, value=values, quality=quality,
                            reason=reason, agent_ts=agent_ts, source_ts=source,
                            float32=float32_marks(values, floats))
 
