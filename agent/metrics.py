@@ -97,9 +97,8 @@ class AgentMetrics(NoMetrics):
             self.reconnects.labels(device).inc()
 
     def captured(self, units: list[dict[str, Any]], events: list[Any]) -> None:
-        for u in units:
-            body = u.get("body", u)
-            self.units.labels(body.get("station") or "", body.get("verdict") or "").inc()
+        for u in units:  # unit record bodies (station_capture)
+            self.units.labels(u.get("station") or "", u.get("verdict") or "").inc()
         for e in events:
             if e.kind == "nonconformance":
                 self.nonconformances.labels(e.station or "").inc()

@@ -15,7 +15,7 @@ import time
 import pytest
 from sink_helpers import LINETAP
 from test_sink_e2e import exported, samples
-from test_user_path import Simulator, copy_example, linetap, wait_up
+from test_user_path import Simulator, copy_example, linetap, stop_agent, wait_up
 
 from linetap.agent.reload import config_changes
 from linetap.config.loader import load_config
@@ -74,9 +74,7 @@ def test_reload_during_production(tmp_path, broker):
         r = linetap("reload", str(config), cwd=folder)
         assert r.returncode == 0 and f"pid {agent.pid}" in r.stdout, r.stdout + r.stderr
         time.sleep(7)
-        agent.send_signal(signal.SIGTERM)
-        _out, err = agent.communicate(timeout=30)
-        assert agent.returncode == 0 and "Traceback" not in err, err[-3000:]
+        err = stop_agent(agent)
         agent = None
     finally:
         if agent is not None:
@@ -189,3 +187,37 @@ def test_a_station_removed_mid_unit_closes_it_incomplete():
     assert "removed from the config" in " ".join(units[0]["reasons"]), units[0]
     assert any(e.kind == "unit_incomplete" for e in events)
     assert engine.feed(poll(2, False)) == ([], [])
+
+
+async def test_an_unchanged_device_keeps_polling_through_a_reload(tmp_path, broker):
+    """In-process: a reload that changes a station's limit and adds a second device leaves the first
+    device's task and connection alone (no new `device_state` for it), and its polls go on."""
+    import asyncio
+
+    from agent_helpers import line_config, modbus_device, running_agent
+    from test_deadband_e2e import STATION
+
+    from linetap.simulators import ModbusStationServer, StationModel
+
+    station = {**STATION, "parameters": [{**STATION["parameters"][0], "limits": {"low": 175, "high": 185}},
+                                         *STATION["parameters"][1:]]}
+    async with ModbusStationServer(StationModel(seed=3), port=0, speed=4.0) as sim:
+        cfg = line_config(tmp_path, broker, [modbus_device(sim.port, poll_interval="50ms")], stations=[station])
+        tightened = {**station, "parameters": [{**station["parameters"][0], "limits": {"low": 175, "high": 176}},
+                                               *station["parameters"][1:]]}
+        doc = cfg.model_dump(mode="json")
+        new = type(cfg).model_validate({**doc, "devices": [*doc["devices"], modbus_device(sim.port, name="sealer2")],
+                                        "stations": [tightened]})
+        async with running_agent(cfg) as agent:
+            while agent.stats.devices["sealer1"].batches < 5:
+                await asyncio.sleep(0.02)
+            task, since = agent._devices["sealer1"], agent.stats.devices["sealer1"].since
+            body = await agent.reloader.apply(new)
+            before = agent.stats.devices["sealer1"].batches
+            while agent.stats.devices["sealer1"].batches < before + 10 or agent.stats.devices.get(
+                    "sealer2") is None or agent.stats.devices["sealer2"].batches < 5:
+                await asyncio.sleep(0.02)
+            assert agent._devices["sealer1"] is task and not task.done()
+            assert agent.stats.devices["sealer1"].since == since  # no lost/connected for it
+    assert body["changes"]["devices"] == {"added": ["sealer2"], "removed": [], "modified": {}}
+    assert body["changes"]["stations"]["modified"]["sealer1"]["limits"][0]["new"]["high"] == 176

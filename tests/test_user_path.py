@@ -102,12 +102,14 @@ def wait_up(buffer: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def stop_agent(proc: subprocess.Popen, what: str = "linetap run") -> None:
-    """SIGTERM, as systemd or Ctrl-C would: the agent must stop cleanly, exit 0, no traceback."""
+def stop_agent(proc: subprocess.Popen, what: str = "linetap run") -> str:
+    """SIGTERM, as systemd or Ctrl-C would: the agent must stop cleanly, exit 0, no traceback.
+    Returns what it wrote to stderr (its log)."""
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, f"{what} exited {proc.returncode} on SIGTERM:\n{err[-3000:]}"
     assert "Traceback" not in out + err, err[-3000:]
+    return err
 
 
 def run_for(config: Path, buffer: Path, seconds: float, cwd: Path) -> None:
