@@ -221,3 +221,25 @@ async def test_an_unchanged_device_keeps_polling_through_a_reload(tmp_path, brok
             assert agent.stats.devices["sealer1"].since == since  # no lost/connected for it
     assert body["changes"]["devices"] == {"added": ["sealer2"], "removed": [], "modified": {}}
     assert body["changes"]["stations"]["modified"]["sealer1"]["limits"][0]["new"]["high"] == 176
+
+
+def test_linetap_reload_signals_only_a_running_agent(tmp_path):
+    """No status file, or one whose pid is another program (a stale file after a reboot): exit 3,
+    nothing signalled."""
+    import orjson
+
+    folder = tmp_path / "line pc-2"
+    folder.mkdir()
+    config = copy_example(EXAMPLE, folder, {})
+    r = linetap("reload", str(config), cwd=folder)
+    assert r.returncode == 3 and "no running agent" in r.stderr, r.stderr
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        status = folder / "sealer-and-leak-tester-buffer.duckdb.status.json"
+        status.write_bytes(orjson.dumps({"pid": other.pid}))
+        r = linetap("reload", str(config), cwd=folder)
+        assert r.returncode == 3 and f"pid {other.pid}" in r.stderr and "not a linetap agent" in r.stderr, r.stderr
+        assert other.poll() is None  # not signalled (SIGHUP would have ended it)
+    finally:
+        other.kill()
+        other.wait()

@@ -52,12 +52,14 @@ def reload(config: Path = typer.Argument(..., help="line config (YAML) of the ru
     try:
         pid = int(orjson.loads(path.read_bytes())["pid"])
         os.kill(pid, 0)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else b"linetap"
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if Path("/proc").is_dir() else None
     except (OSError, ValueError, KeyError, TypeError):
         typer.echo(f"linetap reload: no running agent for {config} (no live pid in {path}): start it with "
                    f"linetap run {config}", err=True)
         raise typer.Exit(EXIT_RUNTIME) from None
-    if b"linetap" not in cmdline:
+    # `linetap run ...` or `python -m linetap.agent.cli run ...` (no /proc: trust the status file)
+    if argv is not None and not (b"run" in argv and any(Path(a.decode(errors="replace")).name == "linetap"
+                                                        or a == b"linetap.agent.cli" for a in argv)):
         typer.echo(f"linetap reload: pid {pid} from {path} is not a linetap agent (a stale status file): "
                    "nothing signalled", err=True)
         raise typer.Exit(EXIT_RUNTIME)
